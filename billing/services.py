@@ -1,0 +1,121 @@
+"""Quota rules: prices, reservation at submit, one charge on success, release on failure.
+
+Every function that changes an account locks its row with select_for_update first, so
+`quota - reserved` never goes below zero whatever runs concurrently, and every change of
+`quota` writes a ledger row.
+"""
+
+import logging
+
+from django.db import transaction
+from django.db.models import Q
+
+from klingrelay.errors import InsufficientQuota, InvalidParameter
+
+from .models import Account, ApiKey, LedgerEntry, Price, hash_api_key
+
+logger = logging.getLogger(__name__)
+
+
+def price_for(*, action: str, model_name: str, mode: str, duration: str, sound: str = "") -> int:
+    """Quota units for a task. The most specific price wins; no price means not offered."""
+    candidates = Price.objects.filter(
+        Q(action=action) | Q(action=""),
+        Q(sound=sound) | Q(sound=""),
+        model_name=model_name,
+        mode=mode,
+        duration=duration,
+    )
+    best = max(candidates, key=lambda p: (p.action != "", p.sound != ""), default=None)
+    if best is None:
+        raise InvalidParameter(
+            f"model_name '{model_name}' with mode '{mode}' and duration '{duration}' "
+            f"is not offered by this relay for {action} (no price is set)"
+        )
+    return best.quota
+
+
+def reserve_quota(*, account_id: int, amount: int) -> None:
+    """Hold `amount` for a new task, or raise InsufficientQuota. Call inside a transaction
+    that also creates the task, so the hold and the task exist together or not at all."""
+    with transaction.atomic():
+        account = Account.objects.select_for_update().get(pk=account_id)
+        if account.quota - account.reserved < amount:
+            raise InsufficientQuota(
+                f"Insufficient quota: this task costs {amount}, "
+                f"{max(account.quota - account.reserved, 0)} is available"
+            )
+        account.reserved += amount
+        account.save(update_fields=["reserved", "updated_at"])
+
+
+def release_reservation(*, account_id: int, amount: int) -> None:
+    """Give back a hold whose task will never be charged (failed or abandoned)."""
+    if amount <= 0:
+        return
+    with transaction.atomic():
+        account = Account.objects.select_for_update().get(pk=account_id)
+        account.reserved -= amount
+        account.save(update_fields=["reserved", "updated_at"])
+
+
+def charge_reservation(
+    *, account_id: int, task_ref: int, amount: int, api_key_id: int | None, note: str = ""
+) -> LedgerEntry | None:
+    """Turn a task's hold into a charge: one ledger row, quota and reserved both lowered.
+
+    Returns None (and changes nothing) when the task was already charged: the unique
+    `charged_task_id` makes a second charge impossible even if a caller slips.
+    """
+    with transaction.atomic():
+        account = Account.objects.select_for_update().get(pk=account_id)
+        if LedgerEntry.objects.filter(charged_task_id=task_ref).exists():
+            logger.error("task %s is already charged; second charge refused", task_ref)
+            return None
+        account.quota -= amount
+        account.reserved -= amount
+        account.save(update_fields=["quota", "reserved", "updated_at"])
+        return LedgerEntry.objects.create(
+            account=account,
+            kind=LedgerEntry.Kind.CHARGE,
+            amount=-amount,
+            balance_after=account.quota,
+            charged_task_id=task_ref,
+            api_key_id=api_key_id,
+            note=note[:255],
+        )
+
+
+def top_up(*, account: Account, amount: int, note: str = "") -> LedgerEntry:
+    """Add (or with a negative amount, take back) quota, with its ledger row."""
+    if amount == 0:
+        raise ValueError("amount must not be zero")
+    with transaction.atomic():
+        locked = Account.objects.select_for_update().get(pk=account.pk)
+        if locked.quota + amount < locked.reserved:
+            raise ValueError(
+                f"cannot take {-amount}: only {locked.quota - locked.reserved} is not reserved"
+            )
+        locked.quota += amount
+        locked.save(update_fields=["quota", "updated_at"])
+        return LedgerEntry.objects.create(
+            account=locked,
+            kind=LedgerEntry.Kind.TOPUP if amount > 0 else LedgerEntry.Kind.ADJUSTMENT,
+            amount=amount,
+            balance_after=locked.quota,
+            note=note[:255],
+        )
+
+
+def authenticate_api_key(raw_key: str) -> ApiKey | None:
+    """The active, unexpired key with this value, or None."""
+    api_key = (
+        ApiKey.objects.select_related("account__user")
+        .filter(key_hash=hash_api_key(raw_key))
+        .first()
+    )
+    if api_key is None or not api_key.is_active or api_key.is_expired:
+        return None
+    if not api_key.account.user.is_active:
+        return None
+    return api_key

@@ -1,0 +1,241 @@
+"""The relay's flows: submit a task, query it, receive Kling's callback.
+
+Each flow reads top to bottom. Network calls to Kling never happen inside a transaction
+that holds a row lock; state changes go through videos.transitions.
+"""
+
+import json
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.crypto import constant_time_compare, salted_hmac
+
+from billing.models import ApiKey
+from billing.services import price_for, reserve_quota
+from channels_app.client import UpstreamResponse, UpstreamUnavailable, send_to_kling
+from channels_app.models import Channel
+from channels_app.routing import candidate_channels, classify_upstream_answer
+from klingrelay.errors import RelayError, ResourceNotFound, ServiceUnavailable
+
+from .models import CallbackEvent, VideoTask
+from .transitions import apply_upstream_state, fail_task
+from .validation import validate_submit_body
+from .wire import passthrough, task_answer_from_row
+
+logger = logging.getLogger(__name__)
+
+CALLBACK_TOKEN_SALT = "videos.callback"  # noqa: S105 (an HMAC salt, not a secret)
+
+
+# --- submit ------------------------------------------------------------------------
+
+
+def submit_task(*, api_key: ApiKey, action: str, body: Any) -> HttpResponse:
+    """Validate, price, reserve, send to Kling (failing over between channels), answer."""
+    submit = validate_submit_body(action, body)
+    amount = price_for(
+        action=action,
+        model_name=submit.model_name,
+        mode=submit.mode,
+        duration=submit.duration,
+        sound=submit.sound,
+    )
+    channels = candidate_channels(submit.model_name)
+    if not channels:
+        raise RelayError(
+            f"model_name '{submit.model_name}' is not served by any enabled channel",
+            http_status=403,
+            code=1103,
+        )
+
+    with transaction.atomic():
+        reserve_quota(account_id=api_key.account_id, amount=amount)
+        task = VideoTask.objects.create(
+            owner_id=api_key.account_id,
+            api_key=api_key,
+            action=action,
+            model_name=submit.model_name,
+            mode=submit.mode,
+            duration=submit.duration,
+            request_body=body,
+            consumer_external_task_id=submit.external_task_id,
+            consumer_callback_url=submit.callback_url,
+            reserved_quota=amount,
+        )
+
+    upstream_body = dict(body)
+    upstream_body["external_task_id"] = str(task.pk)
+    upstream_body.pop("callback_url", None)
+    if settings.SERVER_ADDRESS:
+        upstream_body["callback_url"] = callback_url_for(task.pk)
+
+    last_transient: UpstreamResponse | None = None
+    failures: list[str] = []
+    for channel in channels[: settings.KLING_MAX_ATTEMPTS]:
+        _note_channel_tried(task, channel)
+        try:
+            upstream = send_to_kling(
+                channel, "POST", f"/v1/videos/{action}", json_body=upstream_body
+            )
+        except UpstreamUnavailable as error:
+            _count_channel_use(channel, failed=True)
+            failures.append(f"channel {channel.pk}: {error}")
+            continue
+        fault = classify_upstream_answer(upstream)
+        if fault is None and upstream.ok and not (upstream.data or {}).get("task_id"):
+            failures.append(f"channel {channel.pk}: Kling accepted without a task_id")
+            _count_channel_use(channel, failed=True)
+            continue
+        if fault is not None:
+            _count_channel_use(channel, failed=True)
+            failures.append(f"channel {channel.pk}: {fault.reason}")
+            if fault.disable_channel:
+                logger.warning("channel %s disabled automatically: %s", channel.pk, fault.reason)
+                channel.disable_automatically(fault.reason)
+            else:
+                last_transient = upstream
+            continue
+        _count_channel_use(channel, failed=False)
+        if upstream.ok:
+            task, _ = apply_upstream_state(
+                task.pk, upstream.data, source="submit", channel_id=channel.pk
+            )
+        else:  # Kling refused the consumer's request: their error, passed through as is
+            task, _ = fail_task(
+                task.pk,
+                f"Kling refused the request: HTTP {upstream.status} code {upstream.code} "
+                f"{upstream.message}",
+                source="submit",
+            )
+        return passthrough(upstream, task)
+
+    reason = "No channel accepted the task: " + "; ".join(failures)
+    task, _ = fail_task(task.pk, reason, source="submit")
+    logger.warning("task %s failed at submit: %s", task.pk, reason)
+    if last_transient is not None and last_transient.payload is not None:
+        return passthrough(last_transient, task)  # e.g. Kling's own 429 / 5xx, as Kling sent it
+    raise ServiceUnavailable("No upstream channel is available right now; please retry later")
+
+
+def _note_channel_tried(task: VideoTask, channel: Channel) -> None:
+    task.channels_tried = [*task.channels_tried, channel.pk]
+    VideoTask.objects.filter(pk=task.pk).update(channels_tried=task.channels_tried)
+
+
+def _count_channel_use(channel: Channel, *, failed: bool) -> None:
+    Channel.objects.filter(pk=channel.pk).update(
+        request_count=F("request_count") + 1,
+        failure_count=F("failure_count") + (1 if failed else 0),
+        last_used_at=timezone.now(),
+    )
+
+
+# --- callback URL and token --------------------------------------------------------
+
+
+def callback_token(task_pk: int) -> str:
+    return salted_hmac(CALLBACK_TOKEN_SALT, str(task_pk)).hexdigest()[:32]
+
+
+def callback_url_for(task_pk: int) -> str:
+    path = reverse("kling-callback")
+    return f"{settings.SERVER_ADDRESS}{path}?token={callback_token(task_pk)}"
+
+
+def callback_token_is_valid(task_pk: int, token: str) -> bool:
+    return bool(token) and constant_time_compare(token, callback_token(task_pk))
+
+
+# --- query -------------------------------------------------------------------------
+
+
+def query_task(
+    request: HttpRequest, *, api_key: ApiKey, task_id: str, action: str | None = None
+) -> HttpResponse:
+    """A consumer's task: from the database once finished, otherwise Kling's fresh answer."""
+    tasks = VideoTask.objects.filter(owner_id=api_key.account_id, task_id=task_id)
+    if action:
+        tasks = tasks.filter(action=action)
+    task = tasks.select_related("channel").first()
+    if task is None:
+        raise ResourceNotFound(f"Task {task_id} does not exist")
+    if task.is_finished or task.channel is None:
+        return task_answer_from_row(request, task)
+
+    try:
+        upstream = send_to_kling(task.channel, "GET", f"/v1/videos/{task.action}/{task.task_id}")
+    except UpstreamUnavailable:
+        return task_answer_from_row(request, task)  # the last known state beats an error
+    if classify_upstream_answer(upstream) is not None:
+        return task_answer_from_row(request, task)
+    if not (upstream.ok and isinstance(upstream.data, dict)):
+        return passthrough(upstream, task)  # Kling's own answer, e.g. not found
+
+    task, _ = apply_upstream_state(task.pk, upstream.data, source="query")
+    if task.status != upstream.data.get("task_status"):
+        # A callback got there first with newer news: answer what the relay knows.
+        return task_answer_from_row(request, task)
+    return passthrough(upstream, task)
+
+
+# --- callback ----------------------------------------------------------------------
+
+_STORED_HEADERS = ("Content-Type", "User-Agent", "X-Forwarded-For", "X-Request-Id")
+
+
+def receive_callback(
+    *, raw_body: bytes, headers: dict[str, str], remote_addr: str | None, token: str
+) -> CallbackEvent:
+    """Store the callback first, then act on it if it is genuine. Returns the event."""
+    event = CallbackEvent.objects.create(
+        body=raw_body.decode("utf-8", errors="replace"),
+        headers={name: headers[name] for name in _STORED_HEADERS if name in headers},
+        remote_addr=remote_addr or None,
+    )
+    try:
+        payload = json.loads(raw_body)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict) or "task_status" not in payload:
+        return _close_event(event, CallbackEvent.Outcome.INVALID, "not a Kling task object")
+
+    task = _match_callback_task(payload)
+    if task is None:
+        return _close_event(event, CallbackEvent.Outcome.UNMATCHED, "no task matches")
+    if not callback_token_is_valid(task.pk, token):
+        logger.warning("callback %s for task %s has a bad token: ignored", event.pk, task.pk)
+        return _close_event(
+            event, CallbackEvent.Outcome.BAD_TOKEN, "token missing or wrong", task=task
+        )
+    task, changed = apply_upstream_state(task.pk, payload, source="callback")
+    outcome = CallbackEvent.Outcome.APPLIED if changed else CallbackEvent.Outcome.STALE
+    return _close_event(event, outcome, f"task is {task.status}", task=task)
+
+
+def _match_callback_task(payload: dict[str, Any]) -> VideoTask | None:
+    task_info = payload.get("task_info") if isinstance(payload.get("task_info"), dict) else {}
+    external_id = str(task_info.get("external_task_id") or payload.get("external_task_id") or "")
+    if external_id.isdigit():
+        task = VideoTask.objects.filter(pk=int(external_id)).first()
+        if task is not None:
+            return task
+    upstream_task_id = payload.get("task_id")
+    if upstream_task_id:
+        return VideoTask.objects.filter(task_id=str(upstream_task_id)).first()
+    return None
+
+
+def _close_event(
+    event: CallbackEvent, outcome: str, detail: str, task: VideoTask | None = None
+) -> CallbackEvent:
+    event.outcome = outcome
+    event.detail = detail[:255]
+    event.task = task
+    event.save(update_fields=["outcome", "detail", "task"])
+    return event

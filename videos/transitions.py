@@ -1,0 +1,114 @@
+"""The one state-transition function. Submit, query, callback and the reconciler all use it.
+
+A task's status only moves forward (pending → submitted → processing → succeed|failed) and
+never leaves a terminal state. Reaching `succeed` charges the task's reservation exactly
+once; reaching `failed` releases it. The task row is locked for the whole move, so racing
+callers are serialised and only the first one to reach a terminal state settles billing.
+"""
+
+import logging
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from billing.services import charge_reservation, release_reservation
+
+from .models import STATUS_RANK, TERMINAL_STATUSES, TaskStatus, VideoTask
+
+logger = logging.getLogger(__name__)
+
+KLING_STATUSES = {
+    "submitted": TaskStatus.SUBMITTED,
+    "processing": TaskStatus.PROCESSING,
+    "succeed": TaskStatus.SUCCEED,
+    "failed": TaskStatus.FAILED,
+}
+
+
+def apply_upstream_state(
+    task_pk: int, payload: dict[str, Any], *, source: str, channel_id: int | None = None
+) -> tuple[VideoTask, bool]:
+    """Move a task to the state of a Kling task object. Returns (task, changed)."""
+    status = KLING_STATUSES.get(str(payload.get("task_status", "")))
+    if status is None:
+        logger.warning(
+            "task %s: %s sent unknown task_status %r", task_pk, source, payload.get("task_status")
+        )
+        return VideoTask.objects.get(pk=task_pk), False
+    return _move_task(
+        task_pk,
+        status=status,
+        payload=payload,
+        reason=str(payload.get("task_status_msg") or ""),
+        channel_id=channel_id,
+        source=source,
+    )
+
+
+def fail_task(task_pk: int, reason: str, *, source: str) -> tuple[VideoTask, bool]:
+    """Fail a task for a reason of the relay's own (refused, unreachable, abandoned)."""
+    return _move_task(
+        task_pk,
+        status=TaskStatus.FAILED,
+        payload=None,
+        reason=reason,
+        channel_id=None,
+        source=source,
+    )
+
+
+def _move_task(
+    task_pk: int,
+    *,
+    status: TaskStatus,
+    payload: dict[str, Any] | None,
+    reason: str,
+    channel_id: int | None,
+    source: str,
+) -> tuple[VideoTask, bool]:
+    with transaction.atomic():
+        task = VideoTask.objects.select_for_update().get(pk=task_pk)
+        if task.status in TERMINAL_STATUSES:
+            return task, False  # duplicate or late news about a finished task
+        if STATUS_RANK[status] < STATUS_RANK[TaskStatus(task.status)]:
+            return task, False  # out-of-order news: never move back
+        changed = status != task.status
+        now = timezone.now()
+        if payload is not None:
+            changed = changed or payload != task.upstream_payload
+            task.upstream_payload = payload
+            upstream_task_id = payload.get("task_id")
+            if upstream_task_id and not task.task_id:
+                task.task_id = str(upstream_task_id)
+        if channel_id and not task.channel_id:
+            task.channel_id = channel_id
+        if status != TaskStatus.PENDING and task.submitted_at is None:
+            task.submitted_at = now
+        task.status = status
+        if status == TaskStatus.SUCCEED:
+            _record_video(task, payload or {})
+            task.finished_at = now
+            charge_reservation(
+                account_id=task.owner_id,
+                task_ref=task.pk,
+                amount=task.reserved_quota,
+                api_key_id=task.api_key_id,
+                note=f"{task.action} {task.model_name} {task.mode} {task.duration}s",
+            )
+            task.charged_quota = task.reserved_quota
+        elif status == TaskStatus.FAILED:
+            task.failure_reason = reason or "Kling reported the task as failed"
+            task.finished_at = now
+            release_reservation(account_id=task.owner_id, amount=task.reserved_quota)
+        task.save()
+    if changed:
+        logger.info("task %s -> %s (via %s)", task.pk, task.status, source)
+    return task, changed
+
+
+def _record_video(task: VideoTask, payload: dict[str, Any]) -> None:
+    videos = (payload.get("task_result") or {}).get("videos") or []
+    if videos and isinstance(videos[0], dict):
+        task.video_id = str(videos[0].get("id") or "")[:128]
+        task.video_url = str(videos[0].get("url") or "")[:2048]
