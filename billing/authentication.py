@@ -1,12 +1,20 @@
+import jwt
 from django.utils import timezone
-from rest_framework import authentication, exceptions
+from rest_framework import authentication
+
+from klingrelay.errors import AuthenticationFailed
 
 from .models import ApiKey
-from .services import authenticate_api_key
+from .services import authenticate_access_key_token, authenticate_api_key
 
 
 class RelayKeyAuthentication(authentication.BaseAuthentication):
-    """`Authorization: Bearer <relay key>`; request.user is the consumer, request.auth the key."""
+    """`Authorization: Bearer <credential>`, where the credential is either a relay key
+    (`kr-…`) or a JWT signed with the consumer's access/secret key pair exactly as Kling
+    expects, so an unmodified Kling client works with the consumer's AK/SK.
+
+    request.user is the consumer, request.auth the ApiKey row.
+    """
 
     keyword = "bearer"
 
@@ -14,15 +22,29 @@ class RelayKeyAuthentication(authentication.BaseAuthentication):
         header = authentication.get_authorization_header(request).decode("latin-1").strip()
         if not header:
             return None  # DRF answers NotAuthenticated: Kling's 401 / 1001
-        scheme, _, raw_key = header.partition(" ")
-        raw_key = raw_key.strip()
-        if scheme.lower() != self.keyword or not raw_key or " " in raw_key:
-            raise exceptions.AuthenticationFailed("Authorization header is invalid")
-        api_key = authenticate_api_key(raw_key)
+        scheme, _, credential = header.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != self.keyword or not credential or " " in credential:
+            raise AuthenticationFailed("Authorization header is invalid", code=1002)
+        if credential.count(".") == 2:
+            api_key = self._from_jwt(credential)
+        else:
+            api_key = authenticate_api_key(credential)
         if api_key is None:
-            raise exceptions.AuthenticationFailed("API key is invalid, revoked or expired")
+            raise AuthenticationFailed("API key is invalid, revoked or expired", code=1002)
         self._touch(api_key)
         return api_key.account.user, api_key
+
+    @staticmethod
+    def _from_jwt(token: str) -> ApiKey | None:
+        try:
+            return authenticate_access_key_token(token)
+        except jwt.ExpiredSignatureError:
+            raise AuthenticationFailed("Token has expired", code=1004) from None
+        except jwt.ImmatureSignatureError:
+            raise AuthenticationFailed("Token is not yet valid (nbf)", code=1003) from None
+        except jwt.InvalidTokenError:
+            raise AuthenticationFailed("Token is invalid", code=1002) from None
 
     def authenticate_header(self, request) -> str:
         # A WWW-Authenticate value makes DRF answer 401 (not 403) for missing credentials.

@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 API_KEY_PREFIX = "kr-"
 
@@ -32,6 +33,7 @@ class Account(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        verbose_name = "consumer"
         constraints = [
             models.CheckConstraint(
                 condition=Q(reserved__gte=0), name="account_reserved_not_negative"
@@ -62,6 +64,9 @@ class ApiKey(models.Model):
     name = models.CharField(max_length=100, blank=True)
     prefix = models.CharField(max_length=16, editable=False)
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    # Kling-style credentials: clients sign a JWT with the secret key, exactly as for
+    # Kling. The secret is derived from SECRET_KEY and the access key, never stored.
+    access_key = models.CharField(max_length=40, unique=True, null=True, editable=False)
     is_active = models.BooleanField(default=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -76,16 +81,36 @@ class ApiKey(models.Model):
 
     @classmethod
     def issue(cls, account: Account, name: str = "", expires_at=None) -> tuple["ApiKey", str]:
-        """Create a key; returns the row and the full key, which is never stored."""
+        """Create a key; returns the row and the full key, which is never stored.
+
+        The row also gets a Kling-style access key; `secret_key` and `webhook_secret`
+        are derived on demand and shown with the key.
+        """
         raw_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
         api_key = cls.objects.create(
             account=account,
             name=name,
             prefix=raw_key[:10],
             key_hash=hash_api_key(raw_key),
+            access_key="AK" + secrets.token_hex(16),
             expires_at=expires_at,
         )
         return api_key, raw_key
+
+    @property
+    def secret_key(self) -> str:
+        """The Kling-style secret key paired with `access_key` (HMAC of it with SECRET_KEY)."""
+        return salted_hmac(
+            "billing.consumer-secret-key", self.access_key or "", algorithm="sha256"
+        ).hexdigest()
+
+    @property
+    def webhook_secret(self) -> str:
+        """Signs the callbacks forwarded to this key's consumer (header X-Relay-Signature)."""
+        return (
+            "whsec_"
+            + salted_hmac("billing.webhook-secret", self.key_hash, algorithm="sha256").hexdigest()
+        )
 
     def revoke(self) -> None:
         self.is_active = False

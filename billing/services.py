@@ -7,6 +7,8 @@ Every function that changes an account locks its row with select_for_update firs
 
 import logging
 
+import jwt
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 
@@ -114,8 +116,35 @@ def authenticate_api_key(raw_key: str) -> ApiKey | None:
         .filter(key_hash=hash_api_key(raw_key))
         .first()
     )
-    if api_key is None or not api_key.is_active or api_key.is_expired:
+    return api_key if _usable(api_key) else None
+
+
+def authenticate_access_key_token(token: str) -> ApiKey | None:
+    """The key whose access key issued this Kling-style JWT (HS256, iss, exp, nbf).
+
+    Raises jwt.InvalidTokenError subclasses for expired, not-yet-valid or badly signed
+    tokens; returns None when the issuer is unknown or its key is not usable.
+    """
+    issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+    if not isinstance(issuer, str) or not issuer:
+        raise jwt.InvalidTokenError("no issuer")
+    api_key = ApiKey.objects.select_related("account__user").filter(access_key=issuer).first()
+    if api_key is None:
         return None
-    if not api_key.account.user.is_active:
-        return None
-    return api_key
+    jwt.decode(
+        token,
+        api_key.secret_key,
+        algorithms=["HS256"],
+        options={"require": ["iss", "exp"]},
+        leeway=settings.CONSUMER_JWT_LEEWAY,
+    )
+    return api_key if _usable(api_key) else None
+
+
+def _usable(api_key: ApiKey | None) -> bool:
+    return (
+        api_key is not None
+        and api_key.is_active
+        and not api_key.is_expired
+        and api_key.account.user.is_active
+    )

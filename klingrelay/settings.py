@@ -51,6 +51,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "django_tasks",
+    "django_tasks_db",
     "channels_app",
     "billing",
     "videos",
@@ -184,3 +186,48 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
     },
 }
+# Clock skew tolerated on consumers' Kling-style JWTs (exp / nbf), in seconds.
+CONSUMER_JWT_LEEWAY = env_int("CONSUMER_JWT_LEEWAY", 10)
+
+# --- Background work -----------------------------------------------------------------
+# Django's tasks API (the django-tasks backport). The database backend needs nothing but
+# the database; `python manage.py db_worker` runs the queue, on as many machines as wanted.
+TASKS = {
+    "default": {
+        "BACKEND": os.environ.get("TASKS_BACKEND", "django_tasks_db.DatabaseBackend"),
+        "QUEUES": ["default"],
+    }
+}
+
+# --- Callbacks forwarded to consumers -------------------------------------------------
+# Hosts (names or IPs) a consumer's callback_url may use even though they resolve to a
+# private, loopback or link-local address: for on-premise consumers.
+CONSUMER_CALLBACK_ALLOWED_HOSTS = env_list("CONSUMER_CALLBACK_ALLOWED_HOSTS")
+CONSUMER_CALLBACK_TIMEOUT = env_float("CONSUMER_CALLBACK_TIMEOUT", 10.0)
+# Retries back off exponentially from FIRST_RETRY up to MAX_INTERVAL, and stop once the
+# first attempt is older than GIVE_UP_AFTER.
+CONSUMER_CALLBACK_FIRST_RETRY = env_float("CONSUMER_CALLBACK_FIRST_RETRY", 15.0)
+CONSUMER_CALLBACK_MAX_INTERVAL = env_float("CONSUMER_CALLBACK_MAX_INTERVAL", 3600.0)
+CONSUMER_CALLBACK_GIVE_UP_AFTER = env_float("CONSUMER_CALLBACK_GIVE_UP_AFTER", 25 * 3600.0)
+
+# The relay's batch query extension: ids per call, and upstream queries run at once.
+BATCH_QUERY_MAX = env_int("BATCH_QUERY_MAX", 100)
+BATCH_QUERY_CONCURRENCY = env_int("BATCH_QUERY_CONCURRENCY", 8)
+
+# --- Reconciliation (python manage.py reconcile) --------------------------------------
+# An unfinished task with no news for this long is asked of Kling; fruitless checks back
+# off exponentially up to RECONCILE_MAX_INTERVAL.
+RECONCILE_AFTER = env_int("RECONCILE_AFTER", 120)
+RECONCILE_MAX_INTERVAL = env_int("RECONCILE_MAX_INTERVAL", 1800)
+# A task still pending this long after creation lost its submit (the relay died while
+# calling Kling): it is looked up at Kling by external_task_id, then adopted or failed.
+# Longer than the slowest submit: KLING_MAX_ATTEMPTS × (connect + read timeout).
+RECONCILE_PENDING_AFTER = env_int(
+    "RECONCILE_PENDING_AFTER",
+    int(KLING_MAX_ATTEMPTS * (KLING_CONNECT_TIMEOUT + KLING_READ_TIMEOUT)) + 60,
+)
+# Unfinished tasks older than this are failed and their reservation released.
+TASK_MAX_AGE = env_int("TASK_MAX_AGE", 24 * 3600)
+RECONCILE_BATCH = env_int("RECONCILE_BATCH", 200)
+# An unfinished task with no news for this long counts as stuck (dashboard, alerts).
+STUCK_AFTER = env_int("STUCK_AFTER", 1800)

@@ -68,3 +68,17 @@ def prices(db) -> None:
         Price.objects.create(model_name=model, mode="std", duration="5", quota=100)
         Price.objects.create(model_name=model, mode="std", duration="10", quota=200)
         Price.objects.create(model_name=model, mode="pro", duration="5", quota=350)
+
+
+@pytest.fixture(autouse=True)
+def consumer_callback_hosts(settings):
+    """`consumer.test` stands for a consumer's public host (nothing resolves here)."""
+    settings.CONSUMER_CALLBACK_ALLOWED_HOSTS = ["consumer.test"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_kling_tokens():
+    """Kling tokens are cached per process; each test starts without any."""
+    from channels_app import credentials
+
+    credentials._token_cache.clear()

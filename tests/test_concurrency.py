@@ -2,43 +2,21 @@
 
 import json
 import threading
-from collections.abc import Callable
 
 import pytest
 import responses
-from django.db import connection, connections
+from django.db import connection
 from rest_framework.test import APIClient
 
 from billing.models import Account, ApiKey, LedgerEntry, Price
 from channels_app.models import Channel
 from tests.conftest import KLING_BASE, SECRET_KEY, make_consumer
 from tests.kling_fakes import envelope, task_object
+from tests.threads import run_at_once
 from videos.models import CallbackEvent, VideoTask
 from videos.services import callback_token
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.django_db(transaction=True)]
-
-
-def run_at_once(count: int, work: Callable[[int], object]) -> list[object]:
-    """Run `work(i)` in `count` threads released together; return results (or exceptions)."""
-    barrier = threading.Barrier(count)
-    results: list[object] = [None] * count
-
-    def runner(index: int) -> None:
-        try:
-            barrier.wait()
-            results[index] = work(index)
-        except Exception as error:  # the test inspects every outcome
-            results[index] = error
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=runner, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return results
 
 
 @pytest.fixture

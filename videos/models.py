@@ -4,7 +4,15 @@ from billing.models import Account, ApiKey
 from channels_app.models import Channel
 
 # Submit paths of Kling's video API that create tasks (the last path segment).
-VIDEO_ACTIONS = ("text2video", "image2video", "multi-image2video", "omni-video")
+VIDEO_ACTIONS = (
+    "text2video",
+    "image2video",
+    "multi-image2video",
+    "omni-video",
+    "video-extend",
+    "lip-sync",
+    "effects",
+)
 
 
 class TaskStatus(models.TextChoices):
@@ -58,13 +66,19 @@ class VideoTask(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     submitted_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # When the reconciler should next ask Kling about this unfinished task (NULL once
+    # finished); every piece of news pushes it back, each fruitless check backs it off.
+    next_check_at = models.DateTimeField(null=True, blank=True)
+    check_count = models.PositiveIntegerField(default=0)
 
     class Meta:
         indexes = [
             models.Index(fields=["status"]),
             models.Index(fields=["video_id"]),
             models.Index(fields=["status", "updated_at"]),
+            models.Index(fields=["status", "next_check_at"]),
             models.Index(fields=["owner", "consumer_external_task_id"]),
+            models.Index(fields=["consumer_external_task_id"]),
             models.Index(fields=["owner", "action", "-id"]),
         ]
         ordering = ["-id"]
@@ -92,6 +106,9 @@ class CallbackEvent(models.Model):
     body = models.TextField(help_text="The raw body as received.")
     headers = models.JSONField(default=dict)
     remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    # The token of the callback URL, kept so an event interrupted by a crash can be
+    # processed again later exactly as it arrived.
+    token = models.CharField(max_length=64, blank=True)
     task = models.ForeignKey(
         VideoTask, null=True, blank=True, on_delete=models.SET_NULL, related_name="callbacks"
     )
@@ -100,6 +117,41 @@ class CallbackEvent(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        indexes = [models.Index(fields=["outcome", "received_at"])]
 
     def __str__(self) -> str:
         return f"callback #{self.pk} {self.outcome}"
+
+
+class CallbackDelivery(models.Model):
+    """One status change forwarded to a consumer's own callback_url, retried until delivered.
+
+    Created in the same transaction as the status change it reports, so a change is never
+    committed without its delivery, and a worker that dies mid-delivery leaves a row the
+    next sweep picks up.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        GAVE_UP = "gave_up", "Gave up"
+
+    task = models.ForeignKey(VideoTask, on_delete=models.CASCADE, related_name="deliveries")
+    url = models.URLField(max_length=2048)
+    body = models.TextField(help_text="The exact JSON body sent (and signed).")
+    task_status = models.CharField(max_length=12)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "next_attempt_at"])]
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"delivery #{self.pk} of task {self.task_id} ({self.state})"

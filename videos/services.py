@@ -6,6 +6,9 @@ that holds a row lock; state changes go through videos.transitions.
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -21,12 +24,19 @@ from billing.services import price_for, reserve_quota
 from channels_app.client import UpstreamResponse, UpstreamUnavailable, send_to_kling
 from channels_app.models import Channel
 from channels_app.routing import candidate_channels, classify_upstream_answer
-from klingrelay.errors import RelayError, ResourceNotFound, ServiceUnavailable
+from klingrelay.errors import InvalidParameter, RelayError, ResourceNotFound, ServiceUnavailable
 
-from .models import CallbackEvent, VideoTask
+from .consumer_callbacks import check_callback_url
+from .models import CallbackEvent, TaskStatus, VideoTask
 from .transitions import apply_upstream_state, fail_task
-from .validation import validate_submit_body
-from .wire import passthrough, task_answer_from_row
+from .validation import SubmitRequest, validate_submit_body
+from .wire import (
+    consumer_task_object,
+    passthrough,
+    task_answer_from_row,
+    task_envelope,
+    task_object_from_row,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +49,12 @@ CALLBACK_TOKEN_SALT = "videos.callback"  # noqa: S105 (an HMAC salt, not a secre
 def submit_task(*, api_key: ApiKey, action: str, body: Any) -> HttpResponse:
     """Validate, price, reserve, send to Kling (failing over between channels), answer."""
     submit = validate_submit_body(action, body)
+    if submit.callback_url:
+        check_callback_url(submit.callback_url)
+    parent = _parent_task(api_key, submit) if submit.parent_video_id else None
+    if parent is not None and action == "video-extend":
+        # An extension is one more step of the parent's video: priced by its model and mode.
+        submit = replace(submit, model_name=parent.model_name, mode=parent.mode or "std")
     amount = price_for(
         action=action,
         model_name=submit.model_name,
@@ -46,13 +62,7 @@ def submit_task(*, api_key: ApiKey, action: str, body: Any) -> HttpResponse:
         duration=submit.duration,
         sound=submit.sound,
     )
-    channels = candidate_channels(submit.model_name)
-    if not channels:
-        raise RelayError(
-            f"model_name '{submit.model_name}' is not served by any enabled channel",
-            http_status=403,
-            code=1103,
-        )
+    channels = _channels_for(submit, parent)
 
     with transaction.atomic():
         reserve_quota(account_id=api_key.account_id, amount=amount)
@@ -67,6 +77,9 @@ def submit_task(*, api_key: ApiKey, action: str, body: Any) -> HttpResponse:
             consumer_external_task_id=submit.external_task_id,
             consumer_callback_url=submit.callback_url,
             reserved_quota=amount,
+            # If this process dies before Kling's answer is stored, the reconciler
+            # adopts or fails the task after this grace period.
+            next_check_at=timezone.now() + timedelta(seconds=settings.RECONCILE_PENDING_AFTER),
         )
 
     upstream_body = dict(body)
@@ -123,6 +136,43 @@ def submit_task(*, api_key: ApiKey, action: str, body: Any) -> HttpResponse:
     raise ServiceUnavailable("No upstream channel is available right now; please retry later")
 
 
+def _parent_task(api_key: ApiKey, submit: SubmitRequest) -> VideoTask:
+    parent = (
+        VideoTask.objects.filter(
+            owner_id=api_key.account_id,
+            video_id=submit.parent_video_id,
+            status=TaskStatus.SUCCEED,
+        )
+        .select_related("channel")
+        .first()
+    )
+    if parent is None:
+        field = "video_id" if submit.action == "video-extend" else "input.video_id"
+        raise InvalidParameter(
+            f"{field}: no succeeded video with id '{submit.parent_video_id}' "
+            "belongs to this account"
+        )
+    return parent
+
+
+def _channels_for(submit: SubmitRequest, parent: VideoTask | None) -> list[Channel]:
+    if parent is not None:
+        # Kling knows a video only in the account that made it.
+        if parent.channel is None or not parent.channel.is_enabled:
+            raise ServiceUnavailable(
+                f"The channel that made video {submit.parent_video_id} is not available"
+            )
+        return [parent.channel]
+    channels = candidate_channels(submit.model_name)
+    if not channels:
+        raise RelayError(
+            f"model_name '{submit.model_name}' is not served by any enabled channel",
+            http_status=403,
+            code=1103,
+        )
+    return channels
+
+
 def _note_channel_tried(task: VideoTask, channel: Channel) -> None:
     task.channels_tried = [*task.channels_tried, channel.pk]
     VideoTask.objects.filter(pk=task.pk).update(channels_tried=task.channels_tried)
@@ -158,30 +208,91 @@ def callback_token_is_valid(task_pk: int, token: str) -> bool:
 def query_task(
     request: HttpRequest, *, api_key: ApiKey, task_id: str, action: str | None = None
 ) -> HttpResponse:
-    """A consumer's task: from the database once finished, otherwise Kling's fresh answer."""
-    tasks = VideoTask.objects.filter(owner_id=api_key.account_id, task_id=task_id)
-    if action:
-        tasks = tasks.filter(action=action)
-    task = tasks.select_related("channel").first()
-    if task is None:
-        raise ResourceNotFound(f"Task {task_id} does not exist")
-    if task.is_finished or task.channel is None:
+    """A consumer's task, by Kling's task id or their own external_task_id: from the
+    database once finished, otherwise Kling's fresh answer."""
+    task = _find_consumer_task(api_key, task_id, action)
+    if task.is_finished:
         return task_answer_from_row(request, task)
-
-    try:
-        upstream = send_to_kling(task.channel, "GET", f"/v1/videos/{task.action}/{task.task_id}")
-    except UpstreamUnavailable:
+    upstream = fetch_upstream_state(task)
+    if upstream is None:
         return task_answer_from_row(request, task)  # the last known state beats an error
-    if classify_upstream_answer(upstream) is not None:
-        return task_answer_from_row(request, task)
     if not (upstream.ok and isinstance(upstream.data, dict)):
         return passthrough(upstream, task)  # Kling's own answer, e.g. not found
-
-    task, _ = apply_upstream_state(task.pk, upstream.data, source="query")
+    task = apply_fetched_state(task, upstream)
     if task.status != upstream.data.get("task_status"):
         # A callback got there first with newer news: answer what the relay knows.
         return task_answer_from_row(request, task)
     return passthrough(upstream, task)
+
+
+def _find_consumer_task(api_key: ApiKey, task_id: str, action: str | None) -> VideoTask:
+    tasks = VideoTask.objects.filter(owner_id=api_key.account_id).select_related("channel")
+    if action:
+        tasks = tasks.filter(action=action)
+    task = tasks.filter(task_id=task_id).first()
+    if task is None:  # Kling also accepts the consumer's own external_task_id here
+        task = tasks.filter(consumer_external_task_id=task_id).exclude(task_id=None).first()
+    if task is None:
+        raise ResourceNotFound(f"Task {task_id} does not exist")
+    return task
+
+
+def fetch_upstream_state(task: VideoTask) -> UpstreamResponse | None:
+    """Kling's current answer about an unfinished task; None when Kling could not say.
+
+    Network only: safe to call from worker threads.
+    """
+    if task.channel is None or not task.task_id:
+        return None
+    try:
+        upstream = send_to_kling(task.channel, "GET", f"/v1/videos/{task.action}/{task.task_id}")
+    except UpstreamUnavailable:
+        return None
+    if classify_upstream_answer(upstream) is not None:
+        return None
+    return upstream
+
+
+def apply_fetched_state(task: VideoTask, upstream: UpstreamResponse) -> VideoTask:
+    if upstream.ok and isinstance(upstream.data, dict):
+        task, _ = apply_upstream_state(task.pk, upstream.data, source="query")
+    return task
+
+
+def batch_query(request: HttpRequest, *, api_key: ApiKey, body: Any) -> HttpResponse:
+    """The relay's extension: up to BATCH_QUERY_MAX tasks in one call, in request order.
+
+    Finished tasks come from the database; unfinished ones are asked of Kling, at most
+    BATCH_QUERY_CONCURRENCY at a time.
+    """
+    task_ids = body.get("task_ids") if isinstance(body, dict) else None
+    if not isinstance(task_ids, list) or not task_ids:
+        raise InvalidParameter("task_ids: a non-empty list of task ids is required")
+    if len(task_ids) > settings.BATCH_QUERY_MAX:
+        raise InvalidParameter(f"task_ids: at most {settings.BATCH_QUERY_MAX} ids per call")
+    if not all(isinstance(task_id, str) and task_id for task_id in task_ids):
+        raise InvalidParameter("task_ids: every id must be a non-empty string")
+
+    found = {
+        task.task_id: task
+        for task in VideoTask.objects.filter(
+            owner_id=api_key.account_id, task_id__in=set(task_ids)
+        ).select_related("channel")
+    }
+    unfinished = [task for task in found.values() if not task.is_finished]
+    with ThreadPoolExecutor(max_workers=settings.BATCH_QUERY_CONCURRENCY) as pool:
+        answers = list(pool.map(fetch_upstream_state, unfinished))
+    for task, upstream in zip(unfinished, answers, strict=True):
+        if upstream is not None:
+            found[task.task_id] = apply_fetched_state(task, upstream)
+
+    tasks = [
+        consumer_task_object(found[task_id], task_object_from_row(found[task_id]))
+        for task_id in dict.fromkeys(task_ids)
+        if task_id in found
+    ]
+    missing = [task_id for task_id in dict.fromkeys(task_ids) if task_id not in found]
+    return task_envelope(request, {"tasks": tasks, "not_found": missing})
 
 
 # --- callback ----------------------------------------------------------------------
@@ -192,14 +303,23 @@ _STORED_HEADERS = ("Content-Type", "User-Agent", "X-Forwarded-For", "X-Request-I
 def receive_callback(
     *, raw_body: bytes, headers: dict[str, str], remote_addr: str | None, token: str
 ) -> CallbackEvent:
-    """Store the callback first, then act on it if it is genuine. Returns the event."""
+    """Store the callback first, then act on it if it is genuine. Returns the event.
+
+    If the database fails after the event is stored, the caller answers non-2xx (Kling
+    retries) and the reconciler processes the stored event anyway: nothing is lost.
+    """
     event = CallbackEvent.objects.create(
         body=raw_body.decode("utf-8", errors="replace"),
         headers={name: headers[name] for name in _STORED_HEADERS if name in headers},
         remote_addr=remote_addr or None,
+        token=token[:64],
     )
+    return process_callback_event(event)
+
+
+def process_callback_event(event: CallbackEvent) -> CallbackEvent:
     try:
-        payload = json.loads(raw_body)
+        payload = json.loads(event.body)
     except ValueError:
         payload = None
     if not isinstance(payload, dict) or "task_status" not in payload:
@@ -208,7 +328,7 @@ def receive_callback(
     task = _match_callback_task(payload)
     if task is None:
         return _close_event(event, CallbackEvent.Outcome.UNMATCHED, "no task matches")
-    if not callback_token_is_valid(task.pk, token):
+    if not callback_token_is_valid(task.pk, event.token):
         logger.warning("callback %s for task %s has a bad token: ignored", event.pk, task.pk)
         return _close_event(
             event, CallbackEvent.Outcome.BAD_TOKEN, "token missing or wrong", task=task

@@ -7,13 +7,16 @@ callers are serialised and only the first one to reach a terminal state settles 
 """
 
 import logging
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from billing.services import charge_reservation, release_reservation
 
+from .consumer_callbacks import schedule_delivery
 from .models import STATUS_RANK, TERMINAL_STATUSES, TaskStatus, VideoTask
 
 logger = logging.getLogger(__name__)
@@ -73,7 +76,8 @@ def _move_task(
             return task, False  # duplicate or late news about a finished task
         if STATUS_RANK[status] < STATUS_RANK[TaskStatus(task.status)]:
             return task, False  # out-of-order news: never move back
-        changed = status != task.status
+        previous_status = task.status
+        changed = status != previous_status
         now = timezone.now()
         if payload is not None:
             changed = changed or payload != task.upstream_payload
@@ -86,6 +90,9 @@ def _move_task(
         if status != TaskStatus.PENDING and task.submitted_at is None:
             task.submitted_at = now
         task.status = status
+        if changed:
+            task.next_check_at = now + timedelta(seconds=settings.RECONCILE_AFTER)
+            task.check_count = 0
         if status == TaskStatus.SUCCEED:
             _record_video(task, payload or {})
             task.finished_at = now
@@ -97,11 +104,15 @@ def _move_task(
                 note=f"{task.action} {task.model_name} {task.mode} {task.duration}s",
             )
             task.charged_quota = task.reserved_quota
+            task.next_check_at = None
         elif status == TaskStatus.FAILED:
             task.failure_reason = reason or "Kling reported the task as failed"
             task.finished_at = now
             release_reservation(account_id=task.owner_id, amount=task.reserved_quota)
+            task.next_check_at = None
         task.save()
+        if task.status != previous_status:
+            schedule_delivery(task, payload)
     if changed:
         logger.info("task %s -> %s (via %s)", task.pk, task.status, source)
     return task, changed

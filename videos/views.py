@@ -28,6 +28,9 @@ def _json_body(request: Request) -> Any:
         raise InvalidParameter(f"Request body is not valid JSON: {error}", code=1200) from None
 
 
+BATCH_QUERY = "batch-query"  # the relay's own extension, not a Kling path
+
+
 def _method_not_supported() -> RelayError:
     return RelayError("Method or path not supported", http_status=404, code=1202)
 
@@ -37,6 +40,8 @@ class VideoCollectionView(APIView):
     the relay's short query form `GET /kling/v1/videos/<task_id>`."""
 
     def post(self, request: Request, segment: str) -> HttpResponse:
+        if segment == BATCH_QUERY:
+            return services.batch_query(request, api_key=request.auth, body=_json_body(request))
         if segment not in VIDEO_ACTIONS:
             raise _method_not_supported()
         return services.submit_task(api_key=request.auth, action=segment, body=_json_body(request))
