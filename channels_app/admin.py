@@ -8,6 +8,7 @@ from django.utils.html import format_html
 
 from .forms import ChannelAdminForm
 from .models import Channel
+from .services import test_channel
 
 admin.site.site_header = "Kling Relay"
 admin.site.site_title = "Kling Relay admin"
@@ -35,7 +36,7 @@ class ChannelAdmin(admin.ModelAdmin):
     list_filter = ["status", "type"]
     # Never the key field: a search on it would let anyone probe for a secret.
     search_fields = ["name", "base_url", "model_names"]
-    actions = ["enable", "disable"]
+    actions = ["test_and_enable", "enable", "disable"]
     readonly_fields = [
         "status",
         "disabled_reason",
@@ -113,3 +114,25 @@ class ChannelAdmin(admin.ModelAdmin):
         for channel in channels:
             self.log_change(request, channel, "Disabled")
         self.message_user(request, f"Disabled {len(channels)} channel(s).", messages.SUCCESS)
+
+    @admin.action(
+        description="Test selected channels at Kling (re-enable those that pass)",
+        permissions=["change"],
+    )
+    def test_and_enable(self, request: HttpRequest, queryset: QuerySet[Channel]) -> None:
+        for channel in queryset:
+            was_enabled = channel.is_enabled
+            result = test_channel(channel)
+            if result.ok:
+                note = "" if was_enabled else " and re-enabled"
+                if not was_enabled:
+                    self.log_change(request, channel, "Tested and re-enabled")
+                self.message_user(
+                    request, f"{channel}: test passed{note} ({result.detail}).", messages.SUCCESS
+                )
+            else:
+                self.message_user(
+                    request,
+                    f"{channel}: test failed, left as it is: {result.detail}",
+                    messages.ERROR,
+                )

@@ -190,3 +190,69 @@ def test_keys_of_a_channel_are_used_in_turn(api, db, prices):
     assert sorted(issuers) == ["ak-one", "ak-one", "ak-two", "ak-two"]
     assert issuers[0] != issuers[1]
     assert channel.pk
+
+
+@responses.activate
+def test_admin_test_action_re_enables_a_channel_that_passes(admin_client, channel):
+    channel.disable_automatically("Kling answered HTTP 429 code 1101: arrears")
+    responses.add(
+        responses.GET,
+        "https://kling.test/v1/videos/text2video",
+        json={"code": 0, "message": "SUCCEED", "request_id": "r", "data": []},
+    )
+
+    response = admin_client.post(
+        "/admin/channels_app/channel/",
+        {"action": "test_and_enable", "_selected_action": [channel.pk]},
+        follow=True,
+    )
+
+    assert "test passed and re-enabled" in response.content.decode()
+    channel.refresh_from_db()
+    assert channel.is_enabled and channel.disabled_reason == ""
+    assert responses.calls[0].request.params == {"pageNum": "1", "pageSize": "1"}
+
+
+@responses.activate
+def test_admin_test_action_keeps_a_failing_channel_disabled(admin_client, channel):
+    channel.disable_automatically("arrears")
+    responses.add(
+        responses.GET,
+        "https://kling.test/v1/videos/text2video",
+        status=429,
+        json={"code": 1102, "message": "resource pack exhausted", "request_id": "r"},
+    )
+
+    response = admin_client.post(
+        "/admin/channels_app/channel/",
+        {"action": "test_and_enable", "_selected_action": [channel.pk]},
+        follow=True,
+    )
+
+    assert "test failed" in response.content.decode()
+    channel.refresh_from_db()
+    assert channel.status == Channel.Status.AUTO_DISABLED
+
+
+@responses.activate
+def test_test_channel_command(channel):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    responses.add(
+        responses.GET,
+        "https://kling.test/v1/videos/text2video",
+        status=401,
+        json={"code": 1002, "message": "auth failed", "request_id": "r"},
+    )
+    with pytest.raises(CommandError, match="code 1002"):
+        call_command("test_channel", "primary")
+    responses.replace(
+        responses.GET,
+        "https://kling.test/v1/videos/text2video",
+        json={"code": 0, "message": "SUCCEED", "request_id": "r", "data": []},
+    )
+    out = StringIO()
+    call_command("test_channel", "primary", stdout=out)
+    assert "test passed" in out.getvalue()
