@@ -223,3 +223,12 @@ def test_list_shows_only_own_tasks_with_kling_paging(api, submitted, client_for)
     assert api.get("/kling/v1/videos/text2video?pageNum=0").json()["code"] == 1201
     other = client_for(ApiKey.issue(make_consumer("eve"))[1])
     assert other.get("/kling/v1/videos/text2video").json()["data"] == []
+
+
+def test_callback_for_a_foreign_task_reusing_our_id_falls_back_to_task_id(client, submitted):
+    """Another system on the same Kling account sent external_task_id = our id."""
+    foreign = task_object("OTHER-KLING-ID", str(submitted.pk), "succeed")
+    post_callback(client, foreign, callback_token(submitted.pk))
+    submitted.refresh_from_db()
+    assert submitted.status == "submitted"
+    assert CallbackEvent.objects.get().outcome == "unmatched"

@@ -243,3 +243,19 @@ def test_quota_reservation_uses_the_most_specific_price(api, account):
     api.post("/kling/v1/videos/text2video", SUBMIT_BODIES["text2video"], format="json")
     assert VideoTask.objects.get().reserved_quota == 120
     assert Account.objects.get(pk=account.pk).reserved == 120
+
+
+@responses.activate
+def test_external_task_id_is_unique_per_consumer_unless_kling_never_accepted_it(api):
+    refusal = {"code": 1301, "message": "content policy", "request_id": "r"}
+    responses.add(responses.POST, f"{KLING_BASE}/v1/videos/text2video", json=refusal, status=400)
+    body = dict(SUBMIT_BODIES["text2video"], external_task_id="order-1")
+    assert api.post("/kling/v1/videos/text2video", body, format="json").status_code == 400
+
+    responses.reset()
+    accept_submit("text2video")
+    assert api.post("/kling/v1/videos/text2video", body, format="json").status_code == 200
+
+    again = api.post("/kling/v1/videos/text2video", body, format="json")
+    assert again.status_code == 400
+    assert again.json()["message"] == "external_task_id: 'order-1' is already used by another task"

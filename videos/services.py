@@ -51,6 +51,8 @@ def submit_task(*, api_key: ApiKey, action: str, body: Any) -> HttpResponse:
     submit = validate_submit_body(action, body)
     if submit.callback_url:
         check_callback_url(submit.callback_url)
+    if submit.external_task_id:
+        _check_external_id_is_new(api_key, submit.external_task_id)
     parent = _parent_task(api_key, submit) if submit.parent_video_id else None
     if parent is not None and action == "video-extend":
         # An extension is one more step of the parent's video: priced by its model and mode.
@@ -134,6 +136,21 @@ def submit_task(*, api_key: ApiKey, action: str, body: Any) -> HttpResponse:
     if last_transient is not None and last_transient.payload is not None:
         return passthrough(last_transient, task)  # e.g. Kling's own 429 / 5xx, as Kling sent it
     raise ServiceUnavailable("No upstream channel is available right now; please retry later")
+
+
+def _check_external_id_is_new(api_key: ApiKey, external_task_id: str) -> None:
+    """Kling requires external_task_id to be unique per account; so does the relay, per
+    consumer. A task Kling never accepted does not use the id up."""
+    if (
+        VideoTask.objects.filter(
+            owner_id=api_key.account_id, consumer_external_task_id=external_task_id
+        )
+        .exclude(status=TaskStatus.FAILED, task_id=None)
+        .exists()
+    ):
+        raise InvalidParameter(
+            f"external_task_id: '{external_task_id}' is already used by another task"
+        )
 
 
 def _parent_task(api_key: ApiKey, submit: SubmitRequest) -> VideoTask:
@@ -339,15 +356,20 @@ def process_callback_event(event: CallbackEvent) -> CallbackEvent:
 
 
 def _match_callback_task(payload: dict[str, Any]) -> VideoTask | None:
+    """Our id (sent as external_task_id) first, Kling's task_id second."""
     task_info = payload.get("task_info") if isinstance(payload.get("task_info"), dict) else {}
     external_id = str(task_info.get("external_task_id") or payload.get("external_task_id") or "")
+    upstream_task_id = str(payload.get("task_id") or "")
     if external_id.isdigit():
         task = VideoTask.objects.filter(pk=int(external_id)).first()
-        if task is not None:
+        # Another system sharing the Kling account may reuse our ids: a task that already
+        # has a different Kling id is not the one this callback is about.
+        if task is not None and (
+            not task.task_id or task.task_id == upstream_task_id or not upstream_task_id
+        ):
             return task
-    upstream_task_id = payload.get("task_id")
     if upstream_task_id:
-        return VideoTask.objects.filter(task_id=str(upstream_task_id)).first()
+        return VideoTask.objects.filter(task_id=upstream_task_id).first()
     return None
 
 
