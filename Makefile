@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run demo simulator test test-sqlite test-mariadb lint format migrate clean
+.PHONY: install run demo simulator test test-sqlite test-mariadb lint format migrate bench clean
 
 install: $(STAMP)
 
@@ -43,6 +43,11 @@ test-sqlite: install
 
 test-mariadb: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Benchmarks against the simulator under gunicorn, on SQLite and (when DATABASE_URL
+# points at one) MariaDB; writes docs/performance.md.
+bench: install
+	$(PY) scripts/bench.py
 
 format: install
 	$(VENV)/bin/ruff format .

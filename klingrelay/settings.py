@@ -38,7 +38,9 @@ DEBUG = env_bool("DEBUG", False)
 
 # A fixed development key is only acceptable when nothing is public; production must set
 # SECRET_KEY, because callback tokens and sessions are derived from it.
-SECRET_KEY = os.environ.get("SECRET_KEY") or "dev-only-insecure-key-set-SECRET_KEY-in-production"
+SECRET_KEY = (
+    os.environ.get("SECRET_KEY") or "django-insecure-dev-only-key-set-SECRET_KEY-in-production"
+)
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
@@ -140,11 +142,20 @@ STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or BASE_DIR / "staticfiles")
 # larger than this is refused with Kling's parameter error before it is read.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("KLING_MAX_BODY_BYTES", 64 * 1024 * 1024)
 
-SECURE_PROXY_SSL_HEADER = (
-    ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", False) else None
-)
-SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG and bool(CSRF_TRUSTED_ORIGINS))
-CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# HTTPS=on in production (behind a TLS-terminating proxy that sets X-Forwarded-Proto):
+# redirects, HSTS and secure cookies, so `manage.py check --deploy` is clean. Off by
+# default so the relay runs on plain http://127.0.0.1 locally.
+HTTPS = env_bool("HTTPS", False)
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    # Kling posts callbacks and health checks may come over plain http from inside.
+    SECURE_REDIRECT_EXEMPT = [r"^kling/internal/callback$", r"^healthz$", r"^metrics$"]
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["billing.authentication.RelayKeyAuthentication"],
