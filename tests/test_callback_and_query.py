@@ -232,3 +232,11 @@ def test_callback_for_a_foreign_task_reusing_our_id_falls_back_to_task_id(client
     submitted.refresh_from_db()
     assert submitted.status == "submitted"
     assert CallbackEvent.objects.get().outcome == "unmatched"
+
+
+@pytest.mark.parametrize(
+    "raw", [b'{"task_status": "succeed", "task_id": NaN}', b"[" * 50_000 + b"]" * 50_000]
+)
+def test_hostile_callback_bodies_are_stored_as_invalid(client, db, raw):
+    assert post_callback(client, raw, "x").status_code == 200
+    assert CallbackEvent.objects.get().outcome == "invalid"

@@ -198,7 +198,14 @@ def test_image2video_needs_an_image(api):
 
 @pytest.mark.parametrize(
     ("raw", "message"),
-    [(b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object"), (b"", "JSON object")],
+    [
+        (b'{"prompt": NaN}', "NaN is not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"prompt": "\\ud800"}', "not valid Unicode"),
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b"", "JSON object"),
+    ],
 )
 def test_malformed_body_gets_kling_parameter_error(api, raw, message):
     response = api.generic(

@@ -4,7 +4,6 @@ Each flow reads top to bottom. Network calls to Kling never happen inside a tran
 that holds a row lock; state changes go through videos.transitions.
 """
 
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -25,6 +24,9 @@ from channels_app.client import UpstreamResponse, UpstreamUnavailable, send_to_k
 from channels_app.models import Channel
 from channels_app.routing import candidate_channels, classify_upstream_answer
 from klingrelay.errors import InvalidParameter, RelayError, ResourceNotFound, ServiceUnavailable
+from klingrelay.metrics import count_callback
+from klingrelay.request_trace import note_task
+from klingrelay.jsonbody import parse_json
 
 from .consumer_callbacks import check_callback_url
 from .models import CallbackEvent, TaskStatus, VideoTask
@@ -121,6 +123,7 @@ def submit_task(*, api_key: ApiKey, action: str, body: Any) -> HttpResponse:
             task, _ = apply_upstream_state(
                 task.pk, upstream.data, source="submit", channel_id=channel.pk
             )
+            note_task(task.task_id)
         else:  # Kling refused the consumer's request: their error, passed through as is
             task, _ = fail_task(
                 task.pk,
@@ -251,6 +254,7 @@ def _find_consumer_task(api_key: ApiKey, task_id: str, action: str | None) -> Vi
         task = tasks.filter(consumer_external_task_id=task_id).exclude(task_id=None).first()
     if task is None:
         raise ResourceNotFound(f"Task {task_id} does not exist")
+    note_task(task.task_id)
     return task
 
 
@@ -336,7 +340,7 @@ def receive_callback(
 
 def process_callback_event(event: CallbackEvent) -> CallbackEvent:
     try:
-        payload = json.loads(event.body)
+        payload = parse_json(event.body)
     except ValueError:
         payload = None
     if not isinstance(payload, dict) or "task_status" not in payload:
@@ -380,4 +384,7 @@ def _close_event(
     event.detail = detail[:255]
     event.task = task
     event.save(update_fields=["outcome", "detail", "task"])
+    count_callback(outcome)
+    if task is not None:
+        note_task(task.task_id)
     return event

@@ -1,6 +1,5 @@
 """Kling's video API, as the relay serves it. Views parse, call one service, answer."""
 
-import json
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
@@ -10,6 +9,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from klingrelay.errors import InvalidParameter, RelayError, kling_error_response
+from klingrelay.jsonbody import parse_json
 
 from . import selectors, services
 from .models import VIDEO_ACTIONS
@@ -23,7 +23,7 @@ def _json_body(request: Request) -> Any:
             "Request body is larger than this relay accepts", code=1200
         ) from None
     try:
-        return json.loads(raw or b"null")
+        return parse_json(raw or b"null")
     except ValueError as error:
         raise InvalidParameter(f"Request body is not valid JSON: {error}", code=1200) from None
 
