@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run demo simulator test test-sqlite test-mariadb lint format migrate bench clean
+.PHONY: install static run demo simulator test test-sqlite test-mariadb lint format migrate bench clean
 
 install: $(STAMP)
 
@@ -20,10 +20,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 migrate: install
 	$(PY) manage.py migrate --noinput
 
-run: migrate
+static: install
+	$(PY) manage.py collectstatic --noinput --verbosity 0
+
+run: migrate static
 	$(PY) manage.py rundemo
 
-demo: migrate
+demo: migrate static
 	$(PY) manage.py rundemo --drive
 
 simulator: install

@@ -13,6 +13,11 @@ from django.db import transaction
 from django.db.models import Q
 
 from klingrelay.errors import InsufficientQuota, InvalidParameter
+from klingrelay.metrics import (
+    count_charge_on_commit,
+    count_release_on_commit,
+    count_reservation_on_commit,
+)
 
 from .models import Account, ApiKey, LedgerEntry, Price, hash_api_key
 
@@ -49,6 +54,7 @@ def reserve_quota(*, account_id: int, amount: int) -> None:
             )
         account.reserved += amount
         account.save(update_fields=["reserved", "updated_at"])
+        count_reservation_on_commit(amount)
 
 
 def release_reservation(*, account_id: int, amount: int) -> None:
@@ -59,6 +65,7 @@ def release_reservation(*, account_id: int, amount: int) -> None:
         account = Account.objects.select_for_update().get(pk=account_id)
         account.reserved -= amount
         account.save(update_fields=["reserved", "updated_at"])
+        count_release_on_commit(amount)
 
 
 def charge_reservation(
@@ -77,6 +84,7 @@ def charge_reservation(
         account.quota -= amount
         account.reserved -= amount
         account.save(update_fields=["quota", "reserved", "updated_at"])
+        count_charge_on_commit(amount)
         return LedgerEntry.objects.create(
             account=account,
             kind=LedgerEntry.Kind.CHARGE,

@@ -9,6 +9,9 @@ from typing import Any
 import requests
 from django.conf import settings
 
+from klingrelay.metrics import observe_upstream_call
+from klingrelay.request_trace import note_upstream_call
+
 from .credentials import KlingCredential, kling_token
 from .models import Channel
 
@@ -72,6 +75,7 @@ def send_to_kling(
         )
     except requests.RequestException as error:
         elapsed = (time.monotonic() - started) * 1000
+        _report(channel, method, "error", elapsed)
         # The exception text holds the URL only (no headers), so no secret is logged.
         logger.warning(
             "kling %s %s on channel %s failed after %.0f ms: %s",
@@ -83,6 +87,7 @@ def send_to_kling(
         )
         raise UpstreamUnavailable(f"{type(error).__name__}: {error}") from error
     elapsed = (time.monotonic() - started) * 1000
+    _report(channel, method, response.status_code, elapsed)
     try:
         payload = json.loads(response.content)
     except ValueError:
@@ -101,3 +106,11 @@ def send_to_kling(
         elapsed,
     )
     return result
+
+
+def _report(channel: Channel, method: str, outcome: int | str, elapsed_ms: float) -> None:
+    """Every upstream call, answered or not: metrics, and the request's access log line."""
+    observe_upstream_call(
+        channel_id=channel.pk, method=method, outcome=str(outcome), seconds=elapsed_ms / 1000
+    )
+    note_upstream_call(channel_id=channel.pk, status=outcome, elapsed_ms=elapsed_ms)

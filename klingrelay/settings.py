@@ -4,7 +4,9 @@ Every value comes from the environment, with defaults that run the relay locally
 embedded SQLite database. docs/deployment.md lists what production must set.
 """
 
+import ipaddress
 import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -46,13 +48,15 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver"
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "klingrelay.apps.RelayAdminConfig",  # django.contrib.admin with the dashboard pages
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from our static files, not a CDN
     "django_tasks",
     "django_tasks_db",
     "channels_app",
@@ -62,7 +66,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "klingrelay.middleware.RequestIdMiddleware",
+    "klingrelay.middleware.AccessLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # static files under gunicorn
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -120,6 +126,12 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Tests use a file, not memory: live_server would share an in-memory database's single
+    # connection between its request threads, and concurrent requests would then fail with
+    # "table is locked". The pid keeps simultaneous runs apart.
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(Path(tempfile.gettempdir()) / f"klingrelay-test-{os.getpid()}.sqlite3")
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -137,6 +149,18 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or BASE_DIR / "staticfiles")
+# WhiteNoise serves static files from gunicorn. Without DEBUG it serves the hashed,
+# compressed copies `manage.py collectstatic` writes to STATIC_ROOT (cacheable for good, so
+# collectstatic must run before every start of a new version). Under DEBUG, runserver
+# serves them straight from the apps' folders. Tests use the plain storage (conftest.py).
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
 
 # Base64 images make Kling bodies large (up to 4 images of 10 MB each); anything
 # larger than this is refused with Kling's parameter error before it is read.
@@ -162,8 +186,42 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # OPTIONS would describe the views; Kling answers unknown methods with 404 / 1202.
+    "DEFAULT_METADATA_CLASS": None,
     "EXCEPTION_HANDLER": "klingrelay.errors.kling_exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# OpenAPI description of the relay's own surface (videos/schema.py), served at /api/schema/
+# with Swagger UI at /api/docs/. Both are public: they document the API, they grant nothing.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Kling Relay API",
+    "DESCRIPTION": (
+        "Kling's video API as the relay serves it under `/kling`: bodies, responses, status "
+        "codes and error codes are Kling's. The relay adds `POST /kling/v1/videos/batch-query`, "
+        "the short query form `GET /kling/v1/videos/{task_id}`, and the callback endpoint "
+        "Kling posts to. Request and response objects are open: fields not listed here are "
+        "passed through to and from Kling untouched."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # No authentication at all on the schema and docs: a stale Authorization header a
+    # browser or SDK sends along must not turn the documentation into a 401.
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # validatorUrl None: Swagger UI would otherwise send the schema to validator.swagger.io.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    # Kling reuses field names for different choice sets; each set gets its own name.
+    "ENUM_NAME_OVERRIDES": {
+        "VideoModeEnum": "videos.schema.VIDEO_MODES",
+        "VideoDurationEnum": "videos.schema.VIDEO_DURATIONS",
+        "OmniVideoDurationEnum": "videos.schema.OMNI_VIDEO_DURATIONS",
+        "LipSyncModeEnum": "videos.schema.LIP_SYNC_MODES",
+    },
 }
 
 # --- Kling relay -------------------------------------------------------------------
@@ -185,13 +243,19 @@ KLING_MAX_ATTEMPTS = env_int("KLING_MAX_ATTEMPTS", 3)
 KLING_TOKEN_TTL = env_int("KLING_TOKEN_TTL", 1800)
 KLING_TOKEN_RENEW_BEFORE = env_int("KLING_TOKEN_RENEW_BEFORE", 300)
 
+# plain: readable lines for local runs; json: one JSON object per line for log collectors,
+# with the request id and the access log's fields (klingrelay/logging.py).
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").strip().lower() or "plain"
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured("LOG_FORMAT must be plain or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "klingrelay.logging.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
@@ -242,3 +306,27 @@ TASK_MAX_AGE = env_int("TASK_MAX_AGE", 24 * 3600)
 RECONCILE_BATCH = env_int("RECONCILE_BATCH", 200)
 # An unfinished task with no news for this long counts as stuck (dashboard, alerts).
 STUCK_AFTER = env_int("STUCK_AFTER", 1800)
+
+# --- Monitoring: GET /metrics, GET /healthz, alerts -----------------------------------
+# When set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`. When empty, only
+# direct (not proxied) requests from METRICS_ALLOWED_IPS (addresses or networks) get it.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", "127.0.0.1,::1")
+for _network in METRICS_ALLOWED_IPS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS: {_network!r} is not an address") from None
+
+# check_alerts (run after every reconcile pass, and by `manage.py check_alerts`) warns
+# when a count reaches its threshold; 0 turns that alert off. Failed callbacks are
+# counted over the last hour, failed charges over tasks finished in the last day.
+ALERT_STUCK_TASKS = env_int("ALERT_STUCK_TASKS", 10)
+ALERT_FAILED_CALLBACKS = env_int("ALERT_FAILED_CALLBACKS", 20)
+ALERT_FAILED_CHARGES = env_int("ALERT_FAILED_CHARGES", 1)
+ALERT_DISABLED_CHANNELS = env_int("ALERT_DISABLED_CHANNELS", 1)
+# When set, alerts are also POSTed there as JSON ({"text", "counts", "thresholds"}: a
+# Slack-compatible incoming webhook works), at most once per ALERT_REPEAT_SECONDS per kind.
+ALERT_WEBHOOK_URL = os.environ.get("ALERT_WEBHOOK_URL", "")
+ALERT_REPEAT_SECONDS = env_int("ALERT_REPEAT_SECONDS", 3600)
+ALERT_WEBHOOK_TIMEOUT = env_float("ALERT_WEBHOOK_TIMEOUT", 10.0)

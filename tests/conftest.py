@@ -82,3 +82,14 @@ def fresh_kling_tokens():
     from channels_app import credentials
 
     credentials._token_cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def static_files_without_collectstatic(settings):
+    """Pages render and WhiteNoise serves static files from the apps' folders, as under
+    runserver: production's manifest storage needs `collectstatic` to have run."""
+    settings.STORAGES = settings.STORAGES | {
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+    }
+    settings.WHITENOISE_USE_FINDERS = True
+    settings.WHITENOISE_AUTOREFRESH = True

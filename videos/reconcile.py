@@ -26,6 +26,7 @@ from channels_app.client import UpstreamUnavailable, send_to_kling
 from channels_app.models import Channel
 from channels_app.routing import classify_upstream_answer
 
+from . import alerts
 from .consumer_callbacks import CLAIM_LEASE, enqueue_due_deliveries
 from .models import CallbackEvent, TaskStatus, VideoTask
 from .services import apply_fetched_state, fetch_upstream_state, process_callback_event
@@ -46,6 +47,7 @@ class ReconcileReport:
     callbacks_replayed: int = 0
     deliveries_requeued: int = 0
     errors: list[str] = field(default_factory=list)
+    alerts: list[str] = field(default_factory=list)  # kinds at or over their alert threshold
 
     def __str__(self) -> str:
         return (
@@ -53,6 +55,7 @@ class ReconcileReport:
             f"abandoned {self.abandoned}, expired {self.expired}, "
             f"callbacks replayed {self.callbacks_replayed}, "
             f"deliveries re-queued {self.deliveries_requeued}"
+            + (f", alerts: {', '.join(self.alerts)}" if self.alerts else "")
         )
 
 
@@ -75,6 +78,7 @@ def reconcile(limit: int | None = None) -> ReconcileReport:
             report.errors.append(f"task {task.pk}: {type(error).__name__}")
     overdue = timezone.now() - CLAIM_LEASE
     report.deliveries_requeued = enqueue_due_deliveries(due_before=overdue)
+    report.alerts = alerts.check_alerts().raised
     logger.info("reconcile: %s", report)
     return report
 

@@ -9,16 +9,17 @@ from .models import VideoTask
 from .wire import consumer_task_object, task_envelope, task_object_from_row
 
 MAX_PAGE_SIZE = 500
+MAX_PAGE_NUM = 1_000_000
 
 
 def _page_param(params: QueryDict, name: str, default: int, low: int, high: int) -> int:
     raw = params.get(name, "")
     if raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidParameter(f"{name} must be an integer") from None
+    # int() would also take "1_0", "+5" or non-ASCII digits; Kling wants plain numbers.
+    if not raw.isascii() or not raw.isdigit():
+        raise InvalidParameter(f"{name} must be an integer")
+    value = int(raw)
     if not low <= value <= high:
         raise InvalidParameter(f"{name} must be between {low} and {high}")
     return value
@@ -28,7 +29,7 @@ def list_tasks(
     request: HttpRequest, *, api_key: ApiKey, action: str, params: QueryDict
 ) -> HttpResponse:
     """Kling's list endpoint: the consumer's tasks of one action, newest first."""
-    page_num = _page_param(params, "pageNum", 1, 1, 1_000_000)
+    page_num = _page_param(params, "pageNum", 1, 1, MAX_PAGE_NUM)
     page_size = _page_param(params, "pageSize", 30, 1, MAX_PAGE_SIZE)
     offset = (page_num - 1) * page_size
     tasks = (

@@ -24,9 +24,9 @@ from channels_app.client import UpstreamResponse, UpstreamUnavailable, send_to_k
 from channels_app.models import Channel
 from channels_app.routing import candidate_channels, classify_upstream_answer
 from klingrelay.errors import InvalidParameter, RelayError, ResourceNotFound, ServiceUnavailable
+from klingrelay.jsonbody import parse_json
 from klingrelay.metrics import count_callback
 from klingrelay.request_trace import note_task
-from klingrelay.jsonbody import parse_json
 
 from .consumer_callbacks import check_callback_url
 from .models import CallbackEvent, TaskStatus, VideoTask

@@ -72,21 +72,22 @@ def _move_task(
 ) -> tuple[VideoTask, bool]:
     with transaction.atomic():
         task = VideoTask.objects.select_for_update().get(pk=task_pk)
-        if task.status in TERMINAL_STATUSES:
-            return task, False  # duplicate or late news about a finished task
-        if STATUS_RANK[status] < STATUS_RANK[TaskStatus(task.status)]:
-            return task, False  # out-of-order news: never move back
+        # Which Kling task and channel this is holds even for late news: a submit answer
+        # that arrives after a faster callback must still record the channel.
+        identity = _record_identity(task, payload, channel_id)
+        stale = task.status in TERMINAL_STATUSES or (
+            STATUS_RANK[status] < STATUS_RANK[TaskStatus(task.status)]
+        )
+        if stale:  # duplicate, late or out-of-order news: never move back
+            if identity:
+                task.save(update_fields=identity)
+            return task, False
         previous_status = task.status
         changed = status != previous_status
         now = timezone.now()
         if payload is not None:
             changed = changed or payload != task.upstream_payload
             task.upstream_payload = payload
-            upstream_task_id = payload.get("task_id")
-            if upstream_task_id and not task.task_id:
-                task.task_id = str(upstream_task_id)
-        if channel_id and not task.channel_id:
-            task.channel_id = channel_id
         if status != TaskStatus.PENDING and task.submitted_at is None:
             task.submitted_at = now
         task.status = status
@@ -116,6 +117,21 @@ def _move_task(
     if changed:
         logger.info("task %s -> %s (via %s)", task.pk, task.status, source)
     return task, changed
+
+
+def _record_identity(
+    task: VideoTask, payload: dict[str, Any] | None, channel_id: int | None
+) -> list[str]:
+    """Fill in Kling's task id and the channel, once; returns the fields it set."""
+    fields = []
+    upstream_task_id = (payload or {}).get("task_id")
+    if upstream_task_id and not task.task_id:
+        task.task_id = str(upstream_task_id)
+        fields.append("task_id")
+    if channel_id and not task.channel_id:
+        task.channel_id = channel_id
+        fields.append("channel")
+    return fields
 
 
 def _record_video(task: VideoTask, payload: dict[str, Any]) -> None:
