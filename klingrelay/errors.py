@@ -62,6 +62,8 @@ def kling_error_response(
     return JsonResponse(
         {"code": code, "message": message, "request_id": request_id_for(request)},
         status=http_status,
+        # Compact, as Kling writes its own bodies (and as passed-through answers are).
+        json_dumps_params={"separators": (",", ":"), "ensure_ascii": False},
     )
 
 

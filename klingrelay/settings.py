@@ -259,6 +259,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # Every 4xx is already one klingrelay.access line; Django would add a WARNING.
+        "django.request": {"level": "ERROR"},
     },
 }
 # Clock skew tolerated on consumers' Kling-style JWTs (exp / nbf), in seconds.
