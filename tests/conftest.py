@@ -6,6 +6,7 @@ from rest_framework.test import APIClient
 from billing.models import Account, ApiKey, Price
 from billing.services import top_up
 from channels_app.models import Channel
+from videos.models import VideoTask
 
 KLING_BASE = "https://kling.test"
 ACCESS_KEY = "test-access-key"
@@ -28,6 +29,20 @@ def make_consumer(username: str, quota: int = 0) -> Account:
         top_up(account=account, amount=quota, note="test")
         account.refresh_from_db()
     return account
+
+
+def make_task(account: Account, channel: Channel | None = None, **fields) -> VideoTask:
+    """A task row as the relay would have stored it; fields override the defaults."""
+    values = {
+        "owner": account,
+        "channel": channel,
+        "action": "text2video",
+        "model_name": "kling-v1",
+        "mode": "std",
+        "duration": "5",
+        "request_body": {"prompt": "p"},
+    }
+    return VideoTask.objects.create(**values | fields)
 
 
 @pytest.fixture

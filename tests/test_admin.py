@@ -13,7 +13,8 @@ from django.utils import timezone
 from billing.models import Account, ApiKey, LedgerEntry, hash_api_key
 from billing.services import authenticate_access_key_token, authenticate_api_key
 from channels_app.models import Channel
-from videos.models import CallbackDelivery, CallbackEvent, TaskStatus, VideoTask
+from tests.conftest import make_task
+from videos.models import CallbackDelivery, CallbackEvent, TaskStatus
 
 from .conftest import ACCESS_KEY, SECRET_KEY, make_consumer
 
@@ -35,19 +36,6 @@ def channel_form(**overrides) -> dict:
         "weight": 2,
     }
     return data | overrides
-
-
-def make_task(account: Account, channel: Channel | None = None, **fields) -> VideoTask:
-    values = {
-        "owner": account,
-        "channel": channel,
-        "action": "text2video",
-        "model_name": "kling-v1",
-        "mode": "std",
-        "duration": "5",
-        "request_body": {"prompt": "a cat"},
-    }
-    return VideoTask.objects.create(**values | fields)
 
 
 # --- channels ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from billing.models import LedgerEntry
 from channels_app.models import Channel
+from tests.conftest import make_task
 from videos.alerts import HealthCounts, check_alerts, collect_health_counts
 from videos.models import AlertState, CallbackDelivery, CallbackEvent, VideoTask
 from videos.reconcile import reconcile
@@ -33,16 +34,6 @@ def alert_settings(settings):
 
 def ago(**delta) -> datetime:
     return timezone.now() - timedelta(**delta)
-
-
-def make_task(account, **fields) -> VideoTask:
-    defaults = {
-        "owner": account,
-        "action": "text2video",
-        "model_name": "kling-v1",
-        "request_body": {"prompt": "p"},
-    }
-    return VideoTask.objects.create(**(defaults | fields))
 
 
 def make_stuck_task(account, settings) -> VideoTask:

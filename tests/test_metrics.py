@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from billing.models import LedgerEntry
 from billing.services import charge_reservation, reserve_quota
 from channels_app.models import Channel
-from tests.conftest import KLING_BASE
+from tests.conftest import KLING_BASE, make_task
 from tests.kling_fakes import accept_submit, task_object
 from videos.consumer_callbacks import deliver
 from videos.models import CallbackDelivery, VideoTask
@@ -47,16 +47,6 @@ def scrape(client, **request_extra) -> dict:
 
 def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def make_task(account, **fields) -> VideoTask:
-    defaults = {
-        "owner": account,
-        "action": "text2video",
-        "model_name": "kling-v1",
-        "request_body": {"prompt": "p"},
-    }
-    return VideoTask.objects.create(**(defaults | fields))
 
 
 @responses.activate

@@ -6,7 +6,7 @@ import pytest
 import responses
 
 from billing.models import Price
-from tests.conftest import KLING_BASE
+from tests.conftest import KLING_BASE, make_task
 from tests.kling_fakes import accept_submit, envelope, sent_body, task_object
 from videos.models import VideoTask
 
@@ -14,21 +14,15 @@ pytestmark = pytest.mark.usefixtures("channel", "prices")
 
 
 def finished_task(account, channel, task_id="T1", video_id="V1", **fields) -> VideoTask:
-    defaults = {
-        "owner": account,
-        "channel": channel,
-        "action": "text2video",
-        "model_name": "kling-v1",
-        "mode": "std",
-        "duration": "5",
-        "status": "succeed",
-        "task_id": task_id,
-        "video_id": video_id,
-        "video_url": f"https://cdn.test/{video_id}.mp4",
-        "request_body": {},
-        "upstream_payload": task_object(task_id, "1", "succeed"),
-    }
-    return VideoTask.objects.create(**(defaults | fields))
+    video = {"video_id": video_id, "video_url": f"https://cdn.test/{video_id}.mp4"}
+    return make_task(
+        account,
+        channel,
+        status="succeed",
+        task_id=task_id,
+        upstream_payload=task_object(task_id, "1", "succeed"),
+        **(video | fields),
+    )
 
 
 @responses.activate
