@@ -51,6 +51,10 @@ def classify_upstream_answer(response: UpstreamResponse) -> ChannelFault | None:
             disable_channel=False,
             transient=True,
         )
+    if response.ok and isinstance(response.data, dict) and not response.data.get("task_id"):
+        return ChannelFault(
+            "Kling answered success without a task_id", disable_channel=False, transient=True
+        )
     if response.status == 200 and not response.ok:
         return ChannelFault(
             "Kling answered HTTP 200 without a usable body", disable_channel=False, transient=True

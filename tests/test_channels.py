@@ -256,3 +256,16 @@ def test_test_channel_command(channel):
     out = StringIO()
     call_command("test_channel", "primary", stdout=out)
     assert "test passed" in out.getvalue()
+
+
+@responses.activate
+def test_success_without_a_task_id_is_not_trusted(api, two_channels):
+    _, second = two_channels
+    responses.add(
+        responses.POST,
+        "https://first.test/v1/videos/text2video",
+        json={"code": 0, "message": "SUCCEED", "request_id": "r", "data": {}},
+    )
+    accept_submit("text2video", base="https://second.test")
+    assert api.post("/kling/v1/videos/text2video", BODY, format="json").status_code == 200
+    assert VideoTask.objects.get().channel == second

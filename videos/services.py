@@ -105,10 +105,6 @@ def submit_task(*, api_key: ApiKey, action: str, body: Any) -> HttpResponse:
             failures.append(f"channel {channel.pk}: {error}")
             continue
         fault = classify_upstream_answer(upstream)
-        if fault is None and upstream.ok and not (upstream.data or {}).get("task_id"):
-            failures.append(f"channel {channel.pk}: Kling accepted without a task_id")
-            _count_channel_use(channel, failed=True)
-            continue
         if fault is not None:
             _count_channel_use(channel, failed=True)
             failures.append(f"channel {channel.pk}: {fault.reason}")
