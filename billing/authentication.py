@@ -56,3 +56,4 @@ class RelayKeyAuthentication(authentication.BaseAuthentication):
         # At most one write a minute per key: a busy key must not turn reads into writes.
         if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() > 60:
             ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+            api_key.last_used_at = now  # the row may be cached: keep it in step

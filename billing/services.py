@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models import Q
 
 from klingrelay.errors import InsufficientQuota, InvalidParameter
+from klingrelay.memo import BoundedCache
 from klingrelay.metrics import (
     count_charge_on_commit,
     count_release_on_commit,
@@ -117,12 +118,19 @@ def top_up(*, account: Account, amount: int, note: str = "") -> LedgerEntry:
         )
 
 
+# Keys are looked up on every request; a short per-process cache saves that query. The
+# price: revoking, expiring or deactivating a key takes up to API_KEY_CACHE_SECONDS.
+_api_keys: BoundedCache[ApiKey | None] = BoundedCache(
+    10_000, ttl_seconds=lambda: settings.API_KEY_CACHE_SECONDS
+)
+
+
 def authenticate_api_key(raw_key: str) -> ApiKey | None:
     """The active, unexpired key with this value, or None."""
-    api_key = (
-        ApiKey.objects.select_related("account__user")
-        .filter(key_hash=hash_api_key(raw_key))
-        .first()
+    key_hash = hash_api_key(raw_key)
+    api_key = _api_keys.get_or_load(
+        ("key", key_hash),
+        lambda: ApiKey.objects.select_related("account__user").filter(key_hash=key_hash).first(),
     )
     return api_key if _usable(api_key) else None
 
@@ -136,7 +144,10 @@ def authenticate_access_key_token(token: str) -> ApiKey | None:
     issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
     if not isinstance(issuer, str) or not issuer:
         raise jwt.InvalidTokenError("no issuer")
-    api_key = ApiKey.objects.select_related("account__user").filter(access_key=issuer).first()
+    api_key = _api_keys.get_or_load(
+        ("access_key", issuer),
+        lambda: ApiKey.objects.select_related("account__user").filter(access_key=issuer).first(),
+    )
     if api_key is None:
         return None
     jwt.decode(

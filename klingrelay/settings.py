@@ -125,7 +125,6 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
     # Tests use a file, not memory: live_server would share an in-memory database's single
     # connection between its request threads, and concurrent requests would then fail with
     # "table is locked". The pid keeps simultaneous runs apart.
@@ -332,3 +331,8 @@ ALERT_DISABLED_CHANNELS = env_int("ALERT_DISABLED_CHANNELS", 1)
 ALERT_WEBHOOK_URL = os.environ.get("ALERT_WEBHOOK_URL", "")
 ALERT_REPEAT_SECONDS = env_int("ALERT_REPEAT_SECONDS", 3600)
 ALERT_WEBHOOK_TIMEOUT = env_float("ALERT_WEBHOOK_TIMEOUT", 10.0)
+
+# --- Hot-path caches (per process) -------------------------------------------------------
+# API keys are cached this long after a lookup; revoking a key takes effect within it.
+# 0 turns the cache off.
+API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 30.0)

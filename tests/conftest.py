@@ -108,3 +108,13 @@ def static_files_without_collectstatic(settings):
     }
     settings.WHITENOISE_USE_FINDERS = True
     settings.WHITENOISE_AUTOREFRESH = True
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_caches():
+    """Per-process caches (API keys, finished answers) start empty in each test."""
+    from billing import services as billing_services
+    from videos import services as video_services
+
+    billing_services._api_keys.clear()
+    video_services._finished_answers.clear()

@@ -240,3 +240,15 @@ def test_callback_for_a_foreign_task_reusing_our_id_falls_back_to_task_id(client
 def test_hostile_callback_bodies_are_stored_as_invalid(client, db, raw):
     assert post_callback(client, raw, "x").status_code == 200
     assert CallbackEvent.objects.get().outcome == "invalid"
+
+
+def test_a_finished_answer_is_served_again_without_a_query(
+    api, client, submitted, django_assert_num_queries
+):
+    post_callback(
+        client, task_object(TASK_ID, str(submitted.pk), "succeed"), callback_token(submitted.pk)
+    )
+    first = api.get(f"/kling/v1/videos/{TASK_ID}").json()
+    with django_assert_num_queries(0):
+        again = api.get(f"/kling/v1/videos/{TASK_ID}").json()
+    assert again["data"] == first["data"] and again["request_id"] != first["request_id"]

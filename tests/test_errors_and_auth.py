@@ -64,3 +64,25 @@ def test_unexpected_failure_is_a_kling_500(api, monkeypatch):
 def test_request_id_header_matches_error_body(db):
     response = APIClient().get("/kling/v1/videos/1")
     assert response["X-Request-Id"] == response.json()["request_id"]
+
+
+def test_revoking_a_key_takes_effect_within_the_cache_time(account, client_for, settings):
+    import time
+
+    settings.API_KEY_CACHE_SECONDS = 0.3
+    api_key, raw = ApiKey.issue(account)
+    client = client_for(raw)
+    assert client.get("/kling/v1/videos/123").status_code == 404  # authenticated
+    api_key.revoke()
+    assert client.get("/kling/v1/videos/123").status_code == 404  # still cached
+    time.sleep(0.35)
+    assert_kling_error(client.get("/kling/v1/videos/123"), 401, 1002)
+
+
+def test_without_the_key_cache_revocation_is_immediate(account, client_for, settings):
+    settings.API_KEY_CACHE_SECONDS = 0
+    api_key, raw = ApiKey.issue(account)
+    client = client_for(raw)
+    assert client.get("/kling/v1/videos/123").status_code == 404
+    api_key.revoke()
+    assert_kling_error(client.get("/kling/v1/videos/123"), 401, 1002)

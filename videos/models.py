@@ -77,6 +77,7 @@ class VideoTask(models.Model):
             models.Index(fields=["video_id"]),
             models.Index(fields=["status", "updated_at"]),
             models.Index(fields=["status", "next_check_at"]),
+            models.Index(fields=["created_at"]),
             models.Index(fields=["owner", "consumer_external_task_id"]),
             models.Index(fields=["consumer_external_task_id"]),
             models.Index(fields=["owner", "action", "-id"]),

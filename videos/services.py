@@ -25,6 +25,7 @@ from channels_app.models import Channel
 from channels_app.routing import candidate_channels, classify_upstream_answer
 from klingrelay.errors import InvalidParameter, RelayError, ResourceNotFound, ServiceUnavailable
 from klingrelay.jsonbody import parse_json
+from klingrelay.memo import BoundedCache
 from klingrelay.metrics import count_callback
 from klingrelay.request_trace import note_task
 
@@ -43,6 +44,10 @@ from .wire import (
 logger = logging.getLogger(__name__)
 
 CALLBACK_TOKEN_SALT = "videos.callback"  # noqa: S105 (an HMAC salt, not a secret)
+
+# A finished task never changes again, so its answer is kept per process (the seed's
+# "cache queries of finished tasks"): a consumer polling it costs no query.
+_finished_answers: BoundedCache[dict[str, Any]] = BoundedCache(20_000)
 
 
 # --- submit ------------------------------------------------------------------------
@@ -81,6 +86,7 @@ def submit_task(*, api_key: ApiKey, action: str, body: Any) -> HttpResponse:
             consumer_external_task_id=submit.external_task_id,
             consumer_callback_url=submit.callback_url,
             reserved_quota=amount,
+            channels_tried=[channels[0].pk],
             # If this process dies before Kling's answer is stored, the reconciler
             # adopts or fails the task after this grace period.
             next_check_at=timezone.now() + timedelta(seconds=settings.RECONCILE_PENDING_AFTER),
@@ -94,8 +100,9 @@ def submit_task(*, api_key: ApiKey, action: str, body: Any) -> HttpResponse:
 
     last_transient: UpstreamResponse | None = None
     failures: list[str] = []
-    for channel in channels[: settings.KLING_MAX_ATTEMPTS]:
-        _note_channel_tried(task, channel)
+    for attempt, channel in enumerate(channels[: settings.KLING_MAX_ATTEMPTS]):
+        if attempt:  # the first channel was recorded with the task
+            _note_channel_tried(task, channel)
         try:
             upstream = send_to_kling(
                 channel, "POST", f"/v1/videos/{action}", json_body=upstream_body
@@ -153,14 +160,17 @@ def _check_external_id_is_new(api_key: ApiKey, external_task_id: str) -> None:
 
 
 def _parent_task(api_key: ApiKey, submit: SubmitRequest) -> VideoTask:
-    parent = (
-        VideoTask.objects.filter(
-            owner_id=api_key.account_id,
-            video_id=submit.parent_video_id,
-            status=TaskStatus.SUCCEED,
-        )
-        .select_related("channel")
-        .first()
+    # By video id alone (its own index): with owner and status in the query SQLite's
+    # planner prefers the status index and scans every finished task.
+    parent = next(
+        (
+            task
+            for task in VideoTask.objects.filter(video_id=submit.parent_video_id)
+            .select_related("channel")
+            .order_by()[:20]
+            if task.owner_id == api_key.account_id and task.status == TaskStatus.SUCCEED
+        ),
+        None,
     )
     if parent is None:
         field = "video_id" if submit.action == "video-extend" else "input.video_id"
@@ -226,8 +236,13 @@ def query_task(
 ) -> HttpResponse:
     """A consumer's task, by Kling's task id or their own external_task_id: from the
     database once finished, otherwise Kling's fresh answer."""
+    cache_key = (api_key.account_id, action, task_id)
+    finished = _finished_answers.get(cache_key)
+    if finished is not None:
+        return task_envelope(request, finished)
     task = _find_consumer_task(api_key, task_id, action)
     if task.is_finished:
+        _finished_answers.put(cache_key, consumer_task_object(task, task_object_from_row(task)))
         return task_answer_from_row(request, task)
     upstream = fetch_upstream_state(task)
     if upstream is None:
@@ -271,8 +286,12 @@ def fetch_upstream_state(task: VideoTask) -> UpstreamResponse | None:
 
 
 def apply_fetched_state(task: VideoTask, upstream: UpstreamResponse) -> VideoTask:
-    if upstream.ok and isinstance(upstream.data, dict):
-        task, _ = apply_upstream_state(task.pk, upstream.data, source="query")
+    """Apply Kling's answer to a query; an answer that says nothing new writes nothing."""
+    if not (upstream.ok and isinstance(upstream.data, dict)):
+        return task
+    if upstream.data == task.upstream_payload and upstream.data.get("task_status") == task.status:
+        return task  # a steady poll: no lock, no write, and the task keeps its "last news"
+    task, _ = apply_upstream_state(task.pk, upstream.data, source="query")
     return task
 
 

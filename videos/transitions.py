@@ -75,25 +75,25 @@ def _move_task(
         # Which Kling task and channel this is holds even for late news: a submit answer
         # that arrives after a faster callback must still record the channel.
         identity = _record_identity(task, payload, channel_id)
-        stale = task.status in TERMINAL_STATUSES or (
-            STATUS_RANK[status] < STATUS_RANK[TaskStatus(task.status)]
+        previous_status = task.status
+        stale = previous_status in TERMINAL_STATUSES or (
+            STATUS_RANK[status] < STATUS_RANK[TaskStatus(previous_status)]
         )
-        if stale:  # duplicate, late or out-of-order news: never move back
+        news = status != previous_status or (
+            payload is not None and payload != task.upstream_payload
+        )
+        if stale or not news:  # duplicate, late or out-of-order: never move back
             if identity:
                 task.save(update_fields=identity)
             return task, False
-        previous_status = task.status
-        changed = status != previous_status
         now = timezone.now()
         if payload is not None:
-            changed = changed or payload != task.upstream_payload
             task.upstream_payload = payload
         if status != TaskStatus.PENDING and task.submitted_at is None:
             task.submitted_at = now
         task.status = status
-        if changed:
-            task.next_check_at = now + timedelta(seconds=settings.RECONCILE_AFTER)
-            task.check_count = 0
+        task.next_check_at = now + timedelta(seconds=settings.RECONCILE_AFTER)
+        task.check_count = 0
         if status == TaskStatus.SUCCEED:
             _record_video(task, payload or {})
             task.finished_at = now
@@ -114,9 +114,8 @@ def _move_task(
         task.save()
         if task.status != previous_status:
             schedule_delivery(task, payload)
-    if changed:
-        logger.info("task %s -> %s (via %s)", task.pk, task.status, source)
-    return task, changed
+    logger.info("task %s -> %s (via %s)", task.pk, task.status, source)
+    return task, True
 
 
 def _record_identity(
