@@ -14,7 +14,7 @@ from billing.models import Account, ApiKey, LedgerEntry, hash_api_key
 from billing.services import authenticate_access_key_token, authenticate_api_key
 from channels_app.models import Channel
 from tests.conftest import make_task
-from videos.models import CallbackDelivery, CallbackEvent, TaskStatus
+from videos.models import CallbackDelivery, CallbackEvent, TaskStatus, VideoTask
 
 from .conftest import ACCESS_KEY, SECRET_KEY, make_consumer
 
@@ -530,3 +530,18 @@ def test_every_admin_index_page_loads(admin_client):
         assert admin_client.get(url(f"{name}_changelist")).status_code == 200, name
     assert admin_client.get(url("billing_account_add")).status_code == 200
     assert admin_client.get(url("channels_app_channel_add")).status_code == 200
+
+
+@pytest.mark.mariadb
+def test_unfiltered_task_list_counts_from_table_statistics_when_large(db, monkeypatch):
+    from videos import paginators
+
+    monkeypatch.setattr(paginators, "ESTIMATE_ABOVE", -1)
+    page = paginators.EstimatedCountPaginator(VideoTask.objects.order_by("-id"), 100)
+    with CaptureQueriesContext(connection) as queries:
+        assert page.count >= 0
+    assert "information_schema.TABLES" in queries[0]["sql"]
+    filtered = paginators.EstimatedCountPaginator(VideoTask.objects.filter(status="failed"), 100)
+    with CaptureQueriesContext(connection) as queries:
+        assert filtered.count == 0
+    assert "COUNT(*)" in queries[0]["sql"]

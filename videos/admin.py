@@ -11,6 +11,7 @@ from django.utils.html import format_html
 from billing.models import Account, Price
 
 from .models import VIDEO_ACTIONS, CallbackDelivery, CallbackEvent, VideoTask
+from .paginators import EstimatedCountPaginator
 
 _LONG_STRING = 2000
 
@@ -150,6 +151,7 @@ class VideoTaskAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     # Sorting on an unindexed column would sort millions of rows; the id follows creation.
     sortable_by = ["id"]
     show_full_result_count = False
+    paginator = EstimatedCountPaginator
     search_fields = ["task_id", "consumer_external_task_id", "id", "video_id"]
     search_help_text = "Exact Kling task id, consumer external_task_id, relay id or video id."
     inlines = [CallbackEventInline, CallbackDeliveryInline]

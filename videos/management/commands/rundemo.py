@@ -24,7 +24,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 class Command(BaseCommand):
     help = (
         "Seed a demo (admin, simulator channel, prices, a consumer with quota and a key), "
-        "start the Kling simulator, the relay under gunicorn and the task worker, and print "
+        "start the Kling simulator, the relay under gunicorn, the task worker and the "
+        "reconciler, and print "
         "how to use them. With --drive, send one task end to end and stop."
     )
 
@@ -71,7 +72,9 @@ class Command(BaseCommand):
             seed = seed_demo(
                 simulator_url=f"http://127.0.0.1:{options['sim_port']}", state_dir=state_dir
             )
-            self.stdout.write("Starting the Kling simulator, the relay and the task worker…")
+            self.stdout.write(
+                "Starting the Kling simulator, the relay, the task worker and the reconciler…"
+            )
             stack.start()
             self.stdout.write(self.style.SUCCESS(f"Kling Relay is up on {stack.relay_url}"))
             for line in describe(seed, stack.relay_url):
@@ -103,4 +106,6 @@ class Command(BaseCommand):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             if stack.stop():
-                self.stdout.write("Stopped the relay, the task worker and the simulator.")
+                self.stdout.write(
+                    "Stopped the relay, the task worker, the reconciler and the simulator."
+                )
