@@ -2,7 +2,8 @@
 
 Every function that changes an account locks its row with select_for_update first, so
 `quota - reserved` never goes below zero whatever runs concurrently, and every change of
-`quota` writes a ledger row.
+`quota` writes a ledger row. Called inside a caller's transaction (submit, transition),
+they join it without a savepoint: a failure fails the whole step, as it must.
 """
 
 import logging
@@ -46,7 +47,7 @@ def price_for(*, action: str, model_name: str, mode: str, duration: str, sound: 
 def reserve_quota(*, account_id: int, amount: int) -> None:
     """Hold `amount` for a new task, or raise InsufficientQuota. Call inside a transaction
     that also creates the task, so the hold and the task exist together or not at all."""
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         account = Account.objects.select_for_update().get(pk=account_id)
         if account.quota - account.reserved < amount:
             raise InsufficientQuota(
@@ -62,7 +63,7 @@ def release_reservation(*, account_id: int, amount: int) -> None:
     """Give back a hold whose task will never be charged (failed or abandoned)."""
     if amount <= 0:
         return
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         account = Account.objects.select_for_update().get(pk=account_id)
         account.reserved -= amount
         account.save(update_fields=["reserved", "updated_at"])
@@ -77,7 +78,7 @@ def charge_reservation(
     Returns None (and changes nothing) when the task was already charged: the unique
     `charged_task_id` makes a second charge impossible even if a caller slips.
     """
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         account = Account.objects.select_for_update().get(pk=account_id)
         if LedgerEntry.objects.filter(charged_task_id=task_ref).exists():
             logger.error("task %s is already charged; second charge refused", task_ref)
