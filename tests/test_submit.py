@@ -266,3 +266,16 @@ def test_external_task_id_is_unique_per_consumer_unless_kling_never_accepted_it(
     again = api.post("/kling/v1/videos/text2video", body, format="json")
     assert again.status_code == 400
     assert again.json()["message"] == "external_task_id: 'order-1' is already used by another task"
+
+
+@responses.activate
+def test_a_task_id_kling_already_gave_another_task_is_not_a_500(api, account):
+    accept_submit("text2video", task_id="SAME")
+    assert (
+        api.post("/kling/v1/videos/text2video", {"prompt": "a"}, format="json").status_code == 200
+    )
+    response = api.post("/kling/v1/videos/text2video", {"prompt": "b"}, format="json")
+    assert response.status_code == 200  # Kling's answer, as Kling sent it
+    first, second = VideoTask.objects.order_by("id")
+    assert first.task_id == "SAME" and second.task_id is None
+    assert second.status == "submitted"

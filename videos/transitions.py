@@ -123,10 +123,19 @@ def _record_identity(
 ) -> list[str]:
     """Fill in Kling's task id and the channel, once; returns the fields it set."""
     fields = []
-    upstream_task_id = (payload or {}).get("task_id")
+    upstream_task_id = str((payload or {}).get("task_id") or "")
     if upstream_task_id and not task.task_id:
-        task.task_id = str(upstream_task_id)
-        fields.append("task_id")
+        owner = VideoTask.objects.filter(task_id=upstream_task_id).exclude(pk=task.pk).first()
+        if owner is None:
+            task.task_id = upstream_task_id
+            fields.append("task_id")
+        else:  # Kling's ids are unique: this is an upstream anomaly, not ours to crash on
+            logger.error(
+                "task %s: Kling task id %s already belongs to task %s; not recorded",
+                task.pk,
+                upstream_task_id,
+                owner.pk,
+            )
     if channel_id and not task.channel_id:
         task.channel_id = channel_id
         fields.append("channel")
