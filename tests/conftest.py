@@ -1,6 +1,7 @@
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
+from django.db.models import F
 from rest_framework.test import APIClient
 
 from billing.models import Account, ApiKey, Price
@@ -43,6 +44,16 @@ def make_task(account: Account, channel: Channel | None = None, **fields) -> Vid
         "request_body": {"prompt": "p"},
     }
     return VideoTask.objects.create(**values | fields)
+
+
+def reserved_task(
+    account: Account, channel: Channel | None = None, *, reserved: int = 100, **fields
+) -> VideoTask:
+    """An unfinished task (processing, Kling id K1 unless given) holding its reservation,
+    as if the relay had reserved it at submit."""
+    Account.objects.filter(pk=account.pk).update(reserved=F("reserved") + reserved)
+    defaults = {"status": "processing", "task_id": "K1", "reserved_quota": reserved}
+    return make_task(account, channel, **(defaults | fields))
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import responses
 from django.db import connection
 from rest_framework.test import APIClient
 
-from billing.models import Account, ApiKey, LedgerEntry, Price
+from billing.models import ApiKey, LedgerEntry, Price
 from channels_app.models import Channel
-from tests.conftest import KLING_BASE, SECRET_KEY, make_consumer
+from tests.conftest import KLING_BASE, SECRET_KEY, make_consumer, reserved_task
 from tests.kling_fakes import envelope, task_object
 from tests.threads import run_at_once
 from videos.models import CallbackEvent, VideoTask
@@ -27,18 +27,7 @@ def setup_relay():
 
 def test_twenty_simultaneous_succeed_callbacks_charge_once(setup_relay):
     account = make_consumer("alice", quota=1000)
-    task = VideoTask.objects.create(
-        owner=account,
-        action="text2video",
-        model_name="kling-v1",
-        mode="std",
-        duration="5",
-        status="processing",
-        task_id="777",
-        request_body={},
-        reserved_quota=100,
-    )
-    Account.objects.filter(pk=account.pk).update(reserved=100)
+    task = reserved_task(account, task_id="777")
     raw = json.dumps(task_object("777", str(task.pk), "succeed")).encode()
     url = f"/kling/internal/callback?token={callback_token(task.pk)}"
 
@@ -98,18 +87,7 @@ def test_twenty_concurrent_submits_against_quota_for_five_accept_five(setup_rela
 def test_concurrent_success_and_failure_news_settle_once(setup_relay):
     """Callbacks saying succeed and failed race: whichever wins, billing settles once."""
     account = make_consumer("carol", quota=1000)
-    task = VideoTask.objects.create(
-        owner=account,
-        action="text2video",
-        model_name="kling-v1",
-        mode="std",
-        duration="5",
-        status="processing",
-        task_id="888",
-        request_body={},
-        reserved_quota=100,
-    )
-    Account.objects.filter(pk=account.pk).update(reserved=100)
+    task = reserved_task(account, task_id="888")
     url = f"/kling/internal/callback?token={callback_token(task.pk)}"
     bodies = [
         json.dumps(task_object("888", str(task.pk), "succeed" if i % 2 else "failed")).encode()

@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from billing.models import Account, ApiKey, LedgerEntry, Price
 from channels_app.models import Channel
-from tests.conftest import make_consumer
+from tests.conftest import make_consumer, reserved_task
 from tests.threads import run_at_once
 from videos.models import CallbackEvent, VideoTask
 from videos.reconcile import reconcile
@@ -218,16 +218,7 @@ def test_callback_query_and_reconciler_racing_charge_once(sim, settings):
 def test_hundred_concurrent_duplicate_callbacks_charge_once(settings):
     Price.objects.create(model_name="kling-v1", mode="std", duration="5", quota=100)
     account = make_consumer("dup", quota=1000)
-    Account.objects.filter(pk=account.pk).update(reserved=100)
-    task = VideoTask.objects.create(
-        owner=account,
-        action="text2video",
-        model_name="kling-v1",
-        status="processing",
-        task_id="D1",
-        request_body={},
-        reserved_quota=100,
-    )
+    task = reserved_task(account, task_id="D1")
     body = json.dumps(
         {
             "task_id": "D1",

@@ -9,8 +9,8 @@ import responses
 from django.core.management import call_command
 from django.utils import timezone
 
-from billing.models import Account, LedgerEntry
-from tests.conftest import KLING_BASE, make_task
+from billing.models import LedgerEntry
+from tests.conftest import KLING_BASE, reserved_task
 from tests.kling_fakes import envelope, task_object
 from videos.models import CallbackEvent, VideoTask
 from videos.reconcile import backoff, reconcile
@@ -19,13 +19,10 @@ from videos.services import callback_token
 pytestmark = pytest.mark.usefixtures("prices")
 
 
-def reserved_task(account, channel, status="processing", task_id="K1", **fields) -> VideoTask:
+def due_task(account, channel, **fields) -> VideoTask:
     """An unfinished task holding its 100-unit reservation, due for a check."""
-    Account.objects.filter(pk=account.pk).update(reserved=100)
     due = {"next_check_at": timezone.now() - timedelta(seconds=1)}
-    return make_task(
-        account, channel, status=status, task_id=task_id, reserved_quota=100, **(due | fields)
-    )
+    return reserved_task(account, channel, **(due | fields))
 
 
 def run_reconcile() -> str:
@@ -36,7 +33,7 @@ def run_reconcile() -> str:
 
 @responses.activate
 def test_unfinished_task_without_callback_is_finished_and_charged_once(account, channel):
-    task = reserved_task(account, channel)
+    task = due_task(account, channel)
     responses.add(
         responses.GET,
         f"{KLING_BASE}/v1/videos/text2video/K1",
@@ -54,7 +51,7 @@ def test_unfinished_task_without_callback_is_finished_and_charged_once(account, 
 
 @responses.activate
 def test_fruitless_checks_back_off(account, channel, settings):
-    task = reserved_task(account, channel)
+    task = due_task(account, channel)
     unchanged = task_object("K1", str(task.pk), "processing")
     VideoTask.objects.filter(pk=task.pk).update(upstream_payload=unchanged)
     responses.add(responses.GET, f"{KLING_BASE}/v1/videos/text2video/K1", json=envelope(unchanged))
@@ -71,13 +68,13 @@ def test_fruitless_checks_back_off(account, channel, settings):
 
 
 def test_task_not_due_is_left_alone(account, channel):
-    reserved_task(account, channel, next_check_at=timezone.now() + timedelta(minutes=5))
+    due_task(account, channel, next_check_at=timezone.now() + timedelta(minutes=5))
     assert reconcile().checked == 0
 
 
 @responses.activate
 def test_lost_submit_is_adopted_from_kling_by_external_id(account, channel):
-    task = reserved_task(
+    task = due_task(
         account, channel=None, status="pending", task_id=None, channels_tried=[channel.pk]
     )
     responses.add(
@@ -95,7 +92,7 @@ def test_lost_submit_is_adopted_from_kling_by_external_id(account, channel):
 
 @responses.activate
 def test_lost_submit_unknown_to_kling_is_failed_and_released(account, channel):
-    task = reserved_task(
+    task = due_task(
         account, channel=None, status="pending", task_id=None, channels_tried=[channel.pk]
     )
     responses.add(
@@ -114,7 +111,7 @@ def test_lost_submit_unknown_to_kling_is_failed_and_released(account, channel):
 
 @responses.activate
 def test_lost_submit_is_kept_while_kling_cannot_answer(account, channel):
-    task = reserved_task(
+    task = due_task(
         account, channel=None, status="pending", task_id=None, channels_tried=[channel.pk]
     )
     responses.add(
@@ -129,14 +126,14 @@ def test_lost_submit_is_kept_while_kling_cannot_answer(account, channel):
 
 
 def test_submit_that_never_reached_kling_is_failed(account, channel):
-    task = reserved_task(account, channel=None, status="pending", task_id=None, channels_tried=[])
+    task = due_task(account, channel=None, status="pending", task_id=None, channels_tried=[])
     assert reconcile().abandoned == 1
     task.refresh_from_db()
     assert task.status == "failed"
 
 
 def test_task_over_the_maximum_age_is_failed_and_released(account, channel, settings):
-    task = reserved_task(account, channel, next_check_at=timezone.now() + timedelta(hours=1))
+    task = due_task(account, channel, next_check_at=timezone.now() + timedelta(hours=1))
     VideoTask.objects.filter(pk=task.pk).update(created_at=timezone.now() - timedelta(days=2))
     assert reconcile().expired == 1
     task.refresh_from_db()
@@ -146,7 +143,7 @@ def test_task_over_the_maximum_age_is_failed_and_released(account, channel, sett
 
 
 def test_interrupted_callback_is_processed_later(account, channel):
-    task = reserved_task(account, channel)
+    task = due_task(account, channel)
     event = CallbackEvent.objects.create(
         body=json.dumps(task_object("K1", str(task.pk), "succeed")),
         token=callback_token(task.pk),

@@ -6,7 +6,7 @@ import pytest
 import responses
 
 from billing.models import Price
-from tests.conftest import KLING_BASE, make_task
+from tests.conftest import KLING_BASE, make_task, reserved_task
 from tests.kling_fakes import accept_submit, envelope, sent_body, task_object
 from videos.models import VideoTask
 
@@ -55,16 +55,7 @@ def test_video_extend_of_someone_elses_video_is_refused(api, channel, db):
 @responses.activate
 def test_parent_video_is_passed_through_in_query_results(api, account, channel, client):
     parent = {"id": "V1", "url": "https://cdn.test/V1.mp4", "duration": "5"}
-    task = VideoTask.objects.create(
-        owner=account,
-        channel=channel,
-        action="video-extend",
-        model_name="kling-v1",
-        status="processing",
-        task_id="T3",
-        request_body={},
-        reserved_quota=0,
-    )
+    task = make_task(account, channel, action="video-extend", status="processing", task_id="T3")
     answer = envelope(task_object("T3", str(task.pk), "processing"))
     answer["data"]["task_info"]["parent_video"] = parent
     responses.add(responses.GET, f"{KLING_BASE}/v1/videos/video-extend/T3", json=answer)
@@ -131,18 +122,7 @@ def test_query_by_consumers_external_task_id(api, account, channel):
 @responses.activate
 def test_batch_query_mixes_database_and_kling_answers(api, account, channel):
     finished_task(account, channel, task_id="DONE", video_id="VD")
-    running = VideoTask.objects.create(
-        owner=account,
-        channel=channel,
-        action="text2video",
-        model_name="kling-v1",
-        status="processing",
-        task_id="RUN",
-        request_body={},
-        reserved_quota=100,
-    )
-    account.reserved = 100
-    account.save()
+    running = reserved_task(account, channel, task_id="RUN")
     responses.add(
         responses.GET,
         f"{KLING_BASE}/v1/videos/text2video/RUN",
