@@ -242,8 +242,9 @@ def query_task(
         return task_envelope(request, finished)
     task = _find_consumer_task(api_key, task_id, action)
     if task.is_finished:
-        _finished_answers.put(cache_key, consumer_task_object(task, task_object_from_row(task)))
-        return task_answer_from_row(request, task)
+        finished = consumer_task_object(task, task_object_from_row(task))
+        _finished_answers.put(cache_key, finished)
+        return task_envelope(request, finished)
     upstream = fetch_upstream_state(task)
     if upstream is None:
         return task_answer_from_row(request, task)  # the last known state beats an error
@@ -322,12 +323,13 @@ def batch_query(request: HttpRequest, *, api_key: ApiKey, body: Any) -> HttpResp
         if upstream is not None:
             found[task.task_id] = apply_fetched_state(task, upstream)
 
+    requested = list(dict.fromkeys(task_ids))  # request order, each id once
     tasks = [
         consumer_task_object(found[task_id], task_object_from_row(found[task_id]))
-        for task_id in dict.fromkeys(task_ids)
+        for task_id in requested
         if task_id in found
     ]
-    missing = [task_id for task_id in dict.fromkeys(task_ids) if task_id not in found]
+    missing = [task_id for task_id in requested if task_id not in found]
     return task_envelope(request, {"tasks": tasks, "not_found": missing})
 
 
