@@ -8,8 +8,10 @@ to tell a relay error from a Kling one, so every error path ends here.
 import logging
 import uuid
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from rest_framework import exceptions
+
+from .jsonbody import dump_json
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +60,11 @@ def request_id_for(request: HttpRequest | None) -> str:
 
 def kling_error_response(
     request: HttpRequest | None, http_status: int, code: int, message: str
-) -> JsonResponse:
-    return JsonResponse(
-        {"code": code, "message": message, "request_id": request_id_for(request)},
+) -> HttpResponse:
+    return HttpResponse(
+        dump_json({"code": code, "message": message, "request_id": request_id_for(request)}),
         status=http_status,
-        # Compact, as Kling writes its own bodies (and as passed-through answers are).
-        json_dumps_params={"separators": (",", ":"), "ensure_ascii": False},
+        content_type="application/json",
     )
 
 

@@ -1,4 +1,4 @@
-"""Strict JSON parsing for bodies the relay stores and forwards."""
+"""JSON as the relay reads it (strictly) and writes it (compactly, like Kling)."""
 
 import json
 from typing import Any
@@ -42,3 +42,8 @@ def parse_json(raw: bytes | str) -> Any:
     except UnicodeError:
         raise ValueError("JSON text is not valid Unicode") from None
     return value
+
+
+def dump_json(payload: Any) -> bytes:
+    """Compact UTF-8 JSON, as Kling writes its own bodies (and as passed-through ones are)."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()

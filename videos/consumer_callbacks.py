@@ -10,7 +10,6 @@ exponential backoff until it is answered 2xx or too old.
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
 import socket
 import time
@@ -25,6 +24,7 @@ from django.utils import timezone
 from django_tasks import task as background_task
 
 from klingrelay.errors import InvalidParameter
+from klingrelay.jsonbody import dump_json
 from klingrelay.metrics import count_delivery_attempt, count_delivery_finished
 
 from .models import CallbackDelivery, TaskStatus, VideoTask
@@ -94,7 +94,7 @@ def schedule_delivery(task: VideoTask, task_object: dict | None) -> CallbackDeli
     delivery = CallbackDelivery.objects.create(
         task=task,
         url=task.consumer_callback_url,
-        body=json.dumps(shown, ensure_ascii=False, separators=(",", ":")),
+        body=dump_json(shown).decode(),
         task_status=task.status,
         next_attempt_at=timezone.now(),
     )

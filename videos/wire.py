@@ -1,13 +1,13 @@
 """What the consumer sees: Kling's bytes, with our `external_task_id` swapped for theirs."""
 
 import copy
-import json
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
 from channels_app.client import UpstreamResponse
 from klingrelay.errors import request_id_for
+from klingrelay.jsonbody import dump_json
 
 from .models import TaskStatus, VideoTask
 
@@ -28,10 +28,6 @@ def consumer_task_object(task: VideoTask, task_object: dict[str, Any]) -> dict[s
     return shown
 
 
-def _json_bytes(payload: Any) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 def passthrough(upstream: UpstreamResponse, task: VideoTask) -> HttpResponse:
     """Kling's answer for a task, status and body as sent but for the external id."""
     body = upstream.body
@@ -39,7 +35,7 @@ def passthrough(upstream: UpstreamResponse, task: VideoTask) -> HttpResponse:
     if isinstance(data, dict) and "task_info" in data:
         payload = dict(upstream.payload or {})
         payload["data"] = consumer_task_object(task, data)
-        body = _json_bytes(payload)
+        body = dump_json(payload)
     return HttpResponse(body, status=upstream.status, content_type=JSON_CONTENT_TYPE)
 
 
@@ -69,7 +65,7 @@ def task_object_from_row(task: VideoTask) -> dict[str, Any]:
 def task_envelope(request: HttpRequest, data: Any) -> HttpResponse:
     """Kling's success envelope around data the relay answers itself."""
     return HttpResponse(
-        _json_bytes(
+        dump_json(
             {"code": 0, "message": "SUCCEED", "request_id": request_id_for(request), "data": data}
         ),
         content_type=JSON_CONTENT_TYPE,
