@@ -24,11 +24,6 @@ from .models import AlertState, CallbackDelivery, CallbackEvent, TaskStatus, Vid
 
 logger = logging.getLogger(__name__)
 
-FAILED_CALLBACK_OUTCOMES = (
-    CallbackEvent.Outcome.BAD_TOKEN,
-    CallbackEvent.Outcome.UNMATCHED,
-    CallbackEvent.Outcome.INVALID,
-)
 FAILED_CALLBACKS_WINDOW = timedelta(hours=1)
 FAILED_CHARGES_WINDOW = timedelta(days=1)
 
@@ -61,7 +56,7 @@ def collect_health_counts() -> HealthCounts:
 
 def _failed_callbacks_since(since: datetime) -> int:
     from_kling = CallbackEvent.objects.filter(
-        outcome__in=FAILED_CALLBACK_OUTCOMES, received_at__gte=since
+        outcome__in=CallbackEvent.FAILED_OUTCOMES, received_at__gte=since
     ).count()
     to_consumers = CallbackDelivery.objects.filter(
         state=CallbackDelivery.State.GAVE_UP, last_attempt_at__gte=since

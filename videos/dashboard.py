@@ -390,11 +390,6 @@ def period_report(period: Period, owner_id: int | None = None) -> PeriodReport:
 # --- what needs attention now -----------------------------------------------------------
 
 ATTENTION_ROWS = 20
-FAILED_CALLBACK_OUTCOMES = (
-    CallbackEvent.Outcome.BAD_TOKEN,
-    CallbackEvent.Outcome.UNMATCHED,
-    CallbackEvent.Outcome.INVALID,
-)
 
 
 # Fetched after the tasks, not joined: a join with the small account table makes MariaDB
@@ -423,7 +418,7 @@ def needs_attention(period: Period) -> Attention:
     stuck = stuck_tasks()
     failed = tasks_in_period(period).filter(status=TaskStatus.FAILED)
     callbacks = CallbackEvent.objects.filter(
-        outcome__in=FAILED_CALLBACK_OUTCOMES, received_at__gte=period.since
+        outcome__in=CallbackEvent.FAILED_OUTCOMES, received_at__gte=period.since
     )
     gave_up = CallbackDelivery.objects.filter(
         state=CallbackDelivery.State.GAVE_UP, last_attempt_at__gte=period.since

@@ -103,6 +103,9 @@ class CallbackEvent(models.Model):
         BAD_TOKEN = "bad_token", "Token missing or wrong: ignored"
         INVALID = "invalid", "Not a Kling task object"
 
+    # Outcomes that mean a callback was not acted on (alerts, dashboard).
+    FAILED_OUTCOMES = (Outcome.BAD_TOKEN, Outcome.UNMATCHED, Outcome.INVALID)
+
     received_at = models.DateTimeField(auto_now_add=True, db_index=True)
     body = models.TextField(help_text="The raw body as received.")
     headers = models.JSONField(default=dict)
